@@ -1,0 +1,67 @@
+"""lorafam: the LoRA family of parameter-efficient fine-tuning methods in one library.
+
+import lorafam as lf
+model = lf.load_model()
+lf.attach(model, lf.LoraConfig(rank=16, alpha=32, targets="all-linear"))
+opt = lf.make_optimizer(model, lr=2e-4, loraplus_ratio=16)
+lf.save_adapter(model, "out/")
+"""
+
+from __future__ import annotations
+
+import os as _os
+
+_os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from lorafam.core.adapter import AdaptedLayer, Adapter  # noqa: E402
+from lorafam.core.checkpoint import load_adapter, save_adapter  # noqa: E402
+from lorafam.core.config import AdapterConfig  # noqa: E402
+from lorafam.core.inject import (  # noqa: E402
+    active_adapters,
+    attach,
+    configs,
+    disabled,
+    merge,
+    merge_and_unload,
+    set_active,
+    trainable_summary,
+    unload,
+    unmerge,
+)
+from lorafam.family import MEMBERS, METHODS, family, member  # noqa: E402
+from lorafam.methods.dora import DoraConfig  # noqa: E402
+from lorafam.methods.lora import LoraConfig  # noqa: E402
+from lorafam.models import load_model, load_tokenizer, tiny_gpt2, tiny_llama  # noqa: E402
+from lorafam.optim import make_optimizer, param_groups  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MEMBERS",
+    "METHODS",
+    "Adapter",
+    "AdaptedLayer",
+    "AdapterConfig",
+    "DoraConfig",
+    "LoraConfig",
+    "active_adapters",
+    "attach",
+    "configs",
+    "disabled",
+    "family",
+    "load_adapter",
+    "load_model",
+    "load_tokenizer",
+    "make_optimizer",
+    "member",
+    "merge",
+    "merge_and_unload",
+    "param_groups",
+    "save_adapter",
+    "set_active",
+    "tiny_gpt2",
+    "tiny_llama",
+    "trainable_summary",
+    "unload",
+    "unmerge",
+]

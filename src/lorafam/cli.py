@@ -1,0 +1,39 @@
+"""The ``lorafam`` command line.
+
+Each verb lives in its own module as ``add_arguments(parser)`` + ``run(args) -> int``; ``COMMANDS`` maps the verb
+to ``"module"`` and its one-line help. Adding a verb = one module + one line here (imports stay lazy so
+``lorafam --help`` is instant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "family": ("lorafam.commands.family", "list the family members with year, origin and idea"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lorafam", description="The LoRA family, implemented and measured.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for verb, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

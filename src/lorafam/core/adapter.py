@@ -1,0 +1,213 @@
+"""The one abstraction for adapted layers.
+
+An :class:`AdaptedLayer` *holds* the original base layer (never copies it) and a dict of named
+:class:`Adapter` modules. Its forward is shared by every member: compute the base output once, then add each
+active adapter's contribution ``delta_output(x, base_out)``. Members differ only in
+
+- ``delta_weight()``  the dense ΔW in the base weight's (out, in) layout — the source of truth for merge/tests,
+- ``delta_output()``  the forward rule (what to add to the base output),
+- ``param_roles()``   which of the adapter's own parameters are ``a``, ``b``, ``magnitude``, ``gate``...,
+
+plus, for non-additive members, ``merge_into`` / ``unmerge_from``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lorafam.core.config import AdapterConfig
+
+try:  # GPT-2 style layers keep their weight as (in, out)
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers is a hard dependency
+    Conv1D = ()  # type: ignore[assignment,misc]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Views on the base layer: one place that knows the layouts (Linear (out, in), Conv1D (in, out), quantised).
+# ---------------------------------------------------------------------------------------------------------------
+def is_quantized(layer: nn.Module) -> bool:
+    return hasattr(layer, "dequantize_weight")
+
+
+def base_shape(layer: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a supported base layer."""
+    if isinstance(layer, nn.Linear) or is_quantized(layer):
+        return layer.in_features, layer.out_features
+    if Conv1D and isinstance(layer, Conv1D):
+        return layer.weight.shape[0], layer.weight.shape[1]
+    raise TypeError(f"unsupported base layer type {type(layer).__name__}")
+
+
+def base_weight(layer: nn.Module) -> Tensor:
+    """The base weight as an (out, in) tensor: a view for float layers, a dequantised copy otherwise."""
+    if is_quantized(layer):
+        return layer.dequantize_weight()
+    if Conv1D and isinstance(layer, Conv1D):
+        return layer.weight.T
+    return layer.weight
+
+
+def add_to_base_weight(layer: nn.Module, delta: Tensor) -> None:
+    """W ← W + delta in place (delta in (out, in) layout). Quantised bases refuse: merging would re-quantise."""
+    if is_quantized(layer):
+        raise NotImplementedError(
+            "cannot merge into a quantised (NF4) base in place: that would re-quantise the weights. "
+            "Use lf.merge_and_unload(model), which returns a dequantised merged model."
+        )
+    with torch.no_grad():
+        w = base_weight(layer)
+        w.add_(delta.to(device=w.device, dtype=w.dtype))
+
+
+def set_base_weight(layer: nn.Module, new: Tensor) -> None:
+    """W ← new in place (new in (out, in) layout)."""
+    if is_quantized(layer):
+        raise NotImplementedError("cannot overwrite a quantised base weight in place")
+    with torch.no_grad():
+        w = base_weight(layer)
+        w.copy_(new.to(device=w.device, dtype=w.dtype))
+
+
+def base_bias(layer: nn.Module) -> Tensor | None:
+    return getattr(layer, "bias", None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class Adapter(nn.Module):
+    """One member's adapter on one base layer. Subclasses open with the paper and the update rule."""
+
+    mergeable: ClassVar[bool] = True
+    """False for members whose update cannot be folded into W (aLoRA); ``merge`` then raises."""
+    not_mergeable_reason: ClassVar[str] = ""
+
+    def __init__(self, config: AdapterConfig, in_features: int, out_features: int, rank: int, alpha: float):
+        super().__init__()
+        self.config = config
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = rank
+        self.alpha = alpha
+
+    # --- the member's rule -------------------------------------------------------------------------------------
+    def delta_weight(self, base: nn.Module) -> Tensor:
+        """Dense ΔW, shape (out, in), float32."""
+        raise NotImplementedError
+
+    def delta_output(self, x: Tensor, base_out: Tensor, base: nn.Module) -> Tensor:
+        """What this adapter adds to the base output for input x (..., in) → (..., out)."""
+        raise NotImplementedError
+
+    def param_roles(self) -> dict[str, str]:
+        """Own parameter name → role ("a", "b", "magnitude", "gate", ...)."""
+        raise NotImplementedError
+
+    # --- merge (additive by default) ---------------------------------------------------------------------------
+    def merge_into(self, base: nn.Module) -> None:
+        add_to_base_weight(base, self.delta_weight(base))
+
+    def unmerge_from(self, base: nn.Module) -> None:
+        add_to_base_weight(base, -self.delta_weight(base))
+
+    # --- checkpoint I/O in PEFT's key layout ------------------------------------------------------------------
+    def peft_state(self) -> dict[str, Tensor]:
+        """Key suffix (as PEFT writes it after the module path) → tensor."""
+        raise NotImplementedError
+
+    def load_peft_state(self, state: dict[str, Tensor], where: str) -> None:
+        """Load tensors written by :meth:`peft_state` (or by PEFT); ``where`` names the module for errors."""
+        own = self.peft_state()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"{where}: missing tensors {missing}, unexpected tensors {unexpected}")
+        for key, target in own.items():
+            src = state[key]
+            if tuple(src.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"{where}.{key}: shape {tuple(src.shape)} in the file but {tuple(target.shape)} in the "
+                    "model — was this adapter trained on a different base model?"
+                )
+            with torch.no_grad():
+                target.copy_(src.to(dtype=target.dtype, device=target.device))
+
+    # --- hooks for members that need model-level state (aLoRA masks, LongLoRA attention) -------------------
+    @classmethod
+    def on_attach(cls, model: nn.Module, config: AdapterConfig, name: str) -> None:
+        """Called once after injection."""
+
+    @classmethod
+    def on_detach(cls, model: nn.Module, config: AdapterConfig, name: str) -> None:
+        """Called once when the adapter is removed (merge_and_unload / unload)."""
+
+    @classmethod
+    def make_callbacks(cls, model: nn.Module, config: AdapterConfig, name: str, total_steps: int) -> list[Any]:
+        """Trainer callbacks this member needs (see ``lorafam.train.callbacks``); none by default."""
+        return []
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class AdaptedLayer(nn.Module):
+    """A base layer plus named adapters. ``forward`` = base(x) + Σ active adapters' contributions."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapters = nn.ModuleDict()
+        self.active: list[str] = []
+        self.merged: list[str] = []
+        self.disabled = False
+        self.in_features, self.out_features = base_shape(base_layer)
+
+    @property
+    def weight(self) -> Tensor:
+        # some model code reads `.weight` of projections (dtype/device checks); point it at the base
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return base_bias(self.base_layer)
+
+    def add_adapter(self, name: str, adapter: Adapter) -> None:
+        if name in self.adapters:
+            raise ValueError(f"adapter {name!r} is already attached to this layer")
+        self.adapters[name] = adapter
+        self.active.append(name)
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        base_out = self.base_layer(x, *args, **kwargs)
+        if self.disabled:
+            return base_out
+        out = base_out
+        for name in self.active:
+            if name in self.merged:
+                continue
+            out = out + self.adapters[name].delta_output(x, base_out, self.base_layer)
+        return out
+
+    # --- merge -------------------------------------------------------------------------------------------------
+    def merge(self, names: list[str] | None = None) -> None:
+        for name in names if names is not None else list(self.active):
+            if name in self.merged:
+                continue  # idempotent
+            adapter = self.adapters[name]
+            if not adapter.mergeable:
+                raise NotImplementedError(
+                    f"{type(adapter).__name__} ({name!r}) cannot be merged: {adapter.not_mergeable_reason}"
+                )
+            adapter.merge_into(self.base_layer)
+            self.merged.append(name)
+
+    def unmerge(self) -> None:
+        for name in reversed(list(self.merged)):
+            self.adapters[name].unmerge_from(self.base_layer)
+            self.merged.remove(name)
+
+    def extra_repr(self) -> str:
+        return f"active={self.active}, merged={self.merged}, disabled={self.disabled}"

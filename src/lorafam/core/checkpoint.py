@@ -1,0 +1,268 @@
+"""Adapter checkpoints in Hugging Face PEFT's on-disk layout.
+
+``adapter_config.json`` + ``adapter_model.safetensors`` with keys ``base_model.model.<module path>.<suffix>``
+(``lora_A.weight``, ``lora_B.weight``, ``lora_magnitude_vector``...). Writes go to a temporary directory that
+is renamed into place, so an interrupted save never leaves a half-written adapter where a good one was.
+Reading accepts directories PEFT wrote; unknown config keys are ignored with a warning. safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lorafam.core.config import AdapterConfig
+from lorafam.core.inject import adapted_layers, attach, configs
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+# Keys PEFT writes that we understand or can ignore without changing the adapter's outputs.
+_KNOWN_HARMLESS = {
+    "peft_type",
+    "task_type",
+    "base_model_name_or_path",
+    "revision",
+    "inference_mode",
+    "auto_mapping",
+    "peft_version",
+    "target_modules",
+    "exclude_modules",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "fan_in_fan_out",
+    "bias",
+    "use_rslora",
+    "use_dora",
+    "init_lora_weights",
+    "rank_pattern",
+    "alpha_pattern",
+    "modules_to_save",
+    "layers_to_transform",
+    "layers_pattern",
+    "alora_invocation_tokens",
+    "lora_bias",
+    "megatron_config",
+    "megatron_core",
+    "loftq_config",
+    "eva_config",
+    "corda_config",
+    "layer_replication",
+    "runtime_config",
+    "use_qalora",
+    "qalora_group_size",
+    "trainable_token_indices",
+    "target_parameters",
+    "ensure_weight_tying",
+    "lora_ga_config",
+    "arrow_config",
+    "use_bdlora",
+    "kasa_config",
+    "velora_config",
+    "monteclora_config",
+}
+
+
+def atomic_write_dir(final: Path, write: Any) -> None:
+    """Call ``write(tmpdir)`` then move the finished directory to ``final`` (replacing an old one)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        write(tmp)
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _targets_for_file(model: nn.Module, name: str) -> list[str] | str:
+    """The narrowest PEFT ``target_modules`` that selects exactly the layers carrying adapter ``name``."""
+    from lorafam.core.inject import adaptable_layers, match_targets
+
+    carrying = sorted(p for p, layer in adapted_layers(model) if name in layer.adapters)
+    suffixes = sorted({p.split(".")[-1] for p in carrying})
+    if sorted(match_targets(list(adaptable_layers(model)), suffixes)) == carrying:
+        return suffixes
+    return "^(" + "|".join(p.replace(".", r"\.") for p in carrying) + ")$"
+
+
+def adapter_state(model: nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
+    """The adapter's tensors keyed exactly as PEFT writes them."""
+    state: dict[str, torch.Tensor] = {}
+    for path, layer in adapted_layers(model):
+        if name in layer.adapters:
+            for suffix, tensor in layer.adapters[name].peft_state().items():
+                state[f"{PREFIX}{path}.{suffix}"] = tensor.detach().to("cpu").contiguous()
+    for key, tensor in getattr(model, "lorafam_extra_state", lambda: {})().items():
+        state[f"{PREFIX}{key}"] = tensor.detach().to("cpu").contiguous()
+    return state
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "default") -> Path:
+    """Write adapter ``name`` to ``path`` in PEFT's layout (atomically). Returns the directory."""
+    cfgs = configs(model)
+    if name not in cfgs:
+        raise ValueError(f"no adapter named {name!r} on this model; attached: {sorted(cfgs)}")
+    config = cfgs[name]
+    peft_cfg: dict[str, Any] = config.to_peft()
+    peft_cfg.update(
+        {
+            "target_modules": _targets_for_file(model, name),
+            "base_model_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None) or None,
+            "task_type": "CAUSAL_LM",
+            "inference_mode": True,
+            "revision": None,
+        }
+    )
+    from lorafam.family import spec_for_config
+
+    if not spec_for_config(config).peft_compatible:
+        # our own peft_type: keep the full config; PEFT-known types get only PEFT's keys (vLLM/PEFT-clean)
+        peft_cfg["lorafam_config"] = config.to_dict()
+    state = adapter_state(model, name)
+    if hasattr(model, "lorafam_extra_peft_config"):
+        peft_cfg.update(model.lorafam_extra_peft_config())
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(json.dumps(peft_cfg, indent=2, sort_keys=True, default=str) + "\n")
+
+    atomic_write_dir(Path(path), write)
+    return Path(path)
+
+
+def read_adapter_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    cfg_file = Path(path) / CONFIG_NAME
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file}: no adapter config here (expected PEFT's {CONFIG_NAME})")
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{cfg_file}: not valid JSON ({exc})") from exc
+
+
+def config_from_peft(d: dict[str, Any], source: str = "adapter_config.json") -> AdapterConfig:
+    """Turn a PEFT (or lorafam) adapter config dict into one of our member configs."""
+    from lorafam.family import METHODS
+
+    ours = d.get("lorafam_config")
+    if ours is not None:
+        method = ours.get("method")
+        if method in METHODS:
+            return METHODS[method].config_cls.from_dict(ours)
+    peft_type = d.get("peft_type")
+    if peft_type is None:
+        raise ValueError(f"{source}: missing 'peft_type'")
+    unknown = sorted(set(d) - _KNOWN_HARMLESS - {"lorafam_config"} - _method_keys(d))
+    if unknown:
+        warnings.warn(f"{source}: ignoring config keys lorafam does not use: {unknown}", stacklevel=3)
+    for spec in METHODS.values():
+        cls = spec.config_cls
+        if hasattr(cls, "accepts_peft") and cls.accepts_peft(d):
+            targets = d.get("target_modules")
+            if targets is None:
+                raise ValueError(f"{source}: 'target_modules' is missing")
+            if isinstance(targets, (list, set, tuple)):
+                targets = sorted(targets)
+            return cls.from_peft(d, targets)
+    supported = sorted({s.peft_type for s in METHODS.values()})
+    raise ValueError(
+        f"{source}: peft_type {peft_type!r} (use_dora={d.get('use_dora')}) is not supported by lorafam. "
+        f"Supported peft_type values: {', '.join(supported)}"
+    )
+
+
+def _method_keys(d: dict[str, Any]) -> set[str]:
+    from lorafam.family import METHODS
+
+    keys: set[str] = set()
+    for spec in METHODS.values():
+        keys |= set(getattr(spec.config_cls, "peft_keys", ()))
+    return keys
+
+
+def read_adapter_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        if (path / "adapter_model.bin").is_file():
+            raise ValueError(
+                f"{path / 'adapter_model.bin'}: pickled weights are not loaded (unsafe). Convert it to "
+                f"{WEIGHTS_NAME} with PEFT (save_pretrained(safe_serialization=True))."
+            )
+        raise FileNotFoundError(f"{weights}: adapter weights not found")
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{weights}: cannot read safetensors file ({exc})") from exc
+
+
+def load_adapter(
+    model: nn.Module, path: str | os.PathLike[str], name: str = "default", trainable: bool = False
+) -> nn.Module:
+    """Attach the adapter stored at ``path`` (written by lorafam or by PEFT) to ``model``. Returns the model.
+
+    Raises:
+        FileNotFoundError / ValueError: missing or corrupt files, an unsupported ``peft_type``, or tensors whose
+            shapes do not fit this base model (the message names the module and the file).
+    """
+    d = read_adapter_config(path)
+    config = config_from_peft(d, source=str(Path(path) / CONFIG_NAME))
+    state = read_adapter_weights(path)
+    _prepare_for_load(config, d, state)
+    attach(model, config, name=name, trainable=trainable)
+    try:
+        load_adapter_state(model, state, name, source=str(Path(path) / WEIGHTS_NAME))
+    except Exception:
+        from lorafam.core.inject import unload
+
+        unload(model)
+        raise
+    if hasattr(config, "after_load"):
+        config.after_load(model, name, d)
+    return model
+
+
+def _prepare_for_load(config: AdapterConfig, d: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    if hasattr(config, "prepare_load"):
+        config.prepare_load(d, state)
+
+
+def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor], name: str, source: str) -> None:
+    """Copy PEFT-keyed tensors into adapter ``name``; every tensor must be used and every slot filled."""
+    remaining = dict(state)
+    for path, layer in adapted_layers(model):
+        if name not in layer.adapters:
+            continue
+        prefix = f"{PREFIX}{path}."
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        sub = {k.replace(".default.", ".").removesuffix(".default"): v for k, v in sub.items()}
+        for k in list(remaining):
+            if k.startswith(prefix):
+                remaining.pop(k)
+        sub.pop("ranknum", None)  # AdaLoRA: PEFT never writes it, third-party files may
+        layer.adapters[name].load_peft_state(sub, where=f"{source}: {path}")
+    extra_loader = getattr(model, "lorafam_load_extra_state", None)
+    if extra_loader is not None:
+        remaining = extra_loader(remaining)
+    if remaining:
+        raise KeyError(f"{source}: tensors that match no adapted module of this model: {sorted(remaining)[:8]}")

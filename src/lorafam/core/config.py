@@ -1,0 +1,104 @@
+"""The base adapter configuration shared by every family member.
+
+Every member config is a dataclass that subclasses :class:`AdapterConfig` and adds only its own fields.
+Validation happens in ``__post_init__`` and names the offending key, so the same errors reach Python users,
+YAML files and the CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+Targets = list[str] | str
+
+
+def closest(name: str, choices: list[str] | tuple[str, ...]) -> str:
+    """A "did you mean" suffix for error messages ('' when nothing is close)."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+@dataclass(kw_only=True)
+class AdapterConfig:
+    """Fields every family member shares.
+
+    Subclasses set the class variable ``method`` (the registry key) and add their own fields.
+    """
+
+    method: ClassVar[str] = "base"
+
+    rank: int = 8
+    """Adapter rank r (for AdaLoRA: the initial rank; for Quantum-PEFT: K)."""
+    alpha: float = 16.0
+    """Scale numerator: the update is multiplied by alpha / rank (alpha / sqrt(rank) with rsLoRA)."""
+    dropout: float = 0.0
+    """Dropout on the adapter branch input, in [0, 1)."""
+    targets: Targets = "all-linear"
+    """Module-name suffixes, a regex string, or "all-linear" (every Linear/Conv1D except the output head)."""
+    exclude: list[str] = field(default_factory=list)
+    """Module-name suffixes to leave alone even when ``targets`` matches them."""
+    quantize: Literal["nf4"] | None = None
+    """Store the frozen base weights of adapted layers in NF4 (QLoRA). None keeps them as they are."""
+    compute_dtype: str = "float32"
+    """Dtype the quantised base computes in ("float32" or "bfloat16"); only used with ``quantize``."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
+            raise ValueError(f"{type(self).__name__}: 'rank' must be a positive integer, got {self.rank!r}")
+        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise ValueError(f"{type(self).__name__}: 'alpha' must be > 0, got {self.alpha!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"{type(self).__name__}: 'dropout' must be in [0, 1), got {self.dropout!r}")
+        if self.quantize not in (None, "nf4"):
+            raise ValueError(f"{type(self).__name__}: 'quantize' must be None or 'nf4', got {self.quantize!r}")
+        if self.compute_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"{type(self).__name__}: 'compute_dtype' must be one of float32, bfloat16, float16, "
+                f"got {self.compute_dtype!r}"
+            )
+        if isinstance(self.targets, (list, tuple)):
+            if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
+                raise ValueError(f"{type(self).__name__}: 'targets' must be a non-empty list of names")
+            self.targets = list(self.targets)
+        elif not isinstance(self.targets, str) or not self.targets:
+            raise ValueError(
+                f"{type(self).__name__}: 'targets' must be a list of suffixes, a regex or 'all-linear'"
+            )
+
+    @property
+    def scaling(self) -> float:
+        """The factor s applied to the low-rank update."""
+        return float(self.alpha) / self.rank
+
+    # -- serialisation ----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict that includes the method name."""
+        out: dict[str, Any] = {"method": self.method}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, AdapterConfig):
+                value = value.to_dict()
+            elif isinstance(value, list) and value and isinstance(value[0], AdapterConfig):
+                value = [v.to_dict() for v in value]
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
+        """Build a config from ``to_dict`` output; unknown keys raise with the closest valid name."""
+        data = dict(data)
+        data.pop("method", None)
+        valid = cls.field_names()
+        for key in data:
+            if key not in valid:
+                raise ValueError(
+                    f"{cls.__name__}: unknown key {key!r}.{closest(key, valid)} Valid keys: {', '.join(valid)}"
+                )
+        return cls(**data)

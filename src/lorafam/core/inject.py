@@ -1,0 +1,319 @@
+"""Injection: find target layers, wrap them, freeze the rest; merge, unmerge, unload, disable."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from lorafam.core.adapter import AdaptedLayer, Adapter, Conv1D, base_shape, is_quantized
+from lorafam.core.config import AdapterConfig
+
+CONFIGS_ATTR = "lorafam_configs"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _output_head_names(model: nn.Module) -> set[str]:
+    names: set[str] = set()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for name, module in model.named_modules():
+        if head is not None and module is head or name.split(".")[-1] in ("lm_head", "score", "classifier"):
+            names.add(name)
+    return names
+
+
+def adaptable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every layer an adapter can sit on: Linear, GPT-2 Conv1D, quantised linears, already-adapted layers.
+
+    The output head is excluded. Paths are the user-visible module paths (an adapted layer's own path, not its
+    ``base_layer`` child).
+    """
+    heads = _output_head_names(model)
+    found: dict[str, nn.Module] = {}
+    skip_prefixes: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(p) for p in skip_prefixes):
+            continue
+        if isinstance(module, AdaptedLayer):
+            found[name] = module
+            skip_prefixes.append(name + ".")
+            continue
+        if name in heads:
+            continue
+        if isinstance(module, nn.Linear) or (Conv1D and isinstance(module, Conv1D)) or is_quantized(module):
+            found[name] = module
+    return found
+
+
+def match_targets(names: list[str], targets: list[str] | str, exclude: list[str] | None = None) -> list[str]:
+    """PEFT's rule: a list entry matches a name equal to it or ending with ".entry"; a string is a full regex;
+    "all-linear" matches every adaptable layer."""
+    if targets == "all-linear":
+        picked = list(names)
+    elif isinstance(targets, str):
+        pattern = re.compile(targets)
+        picked = [n for n in names if pattern.fullmatch(n)]
+    else:
+        picked = [n for n in names if any(n == t or n.endswith("." + t) for t in targets)]
+    if exclude:
+        picked = [n for n in picked if not any(n == e or n.endswith("." + e) for e in exclude)]
+    return picked
+
+
+def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, child, new)
+
+
+def configs(model: nn.Module) -> dict[str, AdapterConfig]:
+    """Adapter name → config for every adapter attached to ``model``."""
+    return getattr(model, CONFIGS_ATTR, {})
+
+
+def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLayer]]:
+    for name, module in model.named_modules():
+        if isinstance(module, AdaptedLayer):
+            yield name, module
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def attach(model: nn.Module, config: AdapterConfig, name: str = "default", trainable: bool = True) -> nn.Module:
+    """Attach one adapter (any family member) to ``model`` in place and return the model.
+
+    Everything except the new adapter's parameters is frozen when ``trainable`` (the default).
+
+    Raises:
+        ValueError: the targets match no layer (the message lists the adaptable module names), or an adapter
+            with this name already exists.
+    """
+    from lorafam.family import spec_for_config
+
+    spec = spec_for_config(config)
+    existing = configs(model)
+    if name in existing:
+        raise ValueError(f"an adapter named {name!r} is already attached; pick another name")
+    layers = adaptable_layers(model)
+    picked = match_targets(list(layers), config.targets, config.exclude)
+    if not picked:
+        suffixes = sorted({n.split(".")[-1] for n in layers})
+        raise ValueError(
+            f"targets={config.targets!r} matched no module of {type(model).__name__}. "
+            f"Adaptable module names (suffixes): {', '.join(suffixes)}"
+        )
+    adapter_cls = spec.adapter_cls
+    for path in picked:
+        layer = layers[path]
+        if not isinstance(layer, AdaptedLayer):
+            base = layer
+            if config.quantize == "nf4" and not is_quantized(base):
+                from lorafam.quant.nf4 import quantize_base
+
+                base = quantize_base(base, compute_dtype=config.compute_dtype)
+            layer = AdaptedLayer(base)
+            _set_module(model, path, layer)
+        in_f, out_f = base_shape(layer.base_layer)
+        rank, alpha = (
+            config.rank_alpha_for(path)
+            if hasattr(config, "rank_alpha_for")
+            else (
+                config.rank,
+                float(config.alpha),
+            )
+        )
+        adapter = make_adapter(adapter_cls, config, in_f, out_f, rank, alpha, path)
+        ref = _reference_param(layer.base_layer)
+        adapter.to(device=ref.device)
+        if hasattr(adapter, "init_from_base"):
+            adapter.init_from_base(layer.base_layer)
+        layer.add_adapter(name, adapter)
+    existing = dict(existing)
+    existing[name] = config
+    object.__setattr__(model, CONFIGS_ATTR, existing)
+    adapter_cls.on_attach(model, config, name)
+    if trainable:
+        mark_trainable(model, [name])
+    return model
+
+
+def make_adapter(
+    adapter_cls: type[Adapter],
+    config: AdapterConfig,
+    in_f: int,
+    out_f: int,
+    rank: int,
+    alpha: float,
+    path: str,
+) -> Adapter:
+    """Build one adapter, turning a too-large rank into an error that names the module."""
+    if hasattr(adapter_cls, "check_shape"):
+        adapter_cls.check_shape(config, in_f, out_f, rank, path)
+    return adapter_cls(config, in_f, out_f, rank, alpha)
+
+
+def _reference_param(module: nn.Module) -> torch.Tensor:
+    for p in module.parameters():
+        return p
+    for b in module.buffers():
+        return b
+    return torch.empty(0)
+
+
+def mark_trainable(model: nn.Module, names: list[str] | None = None) -> None:
+    """Freeze everything, then unfreeze the parameters of the named adapters (all adapters when None)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for _, layer in adapted_layers(model):
+        for adapter_name, adapter in layer.adapters.items():
+            if names is None or adapter_name in names:
+                for pname in adapter.param_roles():
+                    getattr(adapter, pname).requires_grad_(True)
+    for extra in getattr(model, "lorafam_extra_trainable", {}).values():
+        for p in extra:
+            p.requires_grad_(True)
+
+
+def named_adapter_params(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, str, Adapter]]:
+    """(qualified name, parameter, role, adapter) for every adapter parameter in the model."""
+    for path, layer in adapted_layers(model):
+        for adapter_name, adapter in layer.adapters.items():
+            for pname, role in adapter.param_roles().items():
+                yield f"{path}.adapters.{adapter_name}.{pname}", getattr(adapter, pname), role, adapter
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def merge(model: nn.Module, names: list[str] | None = None) -> nn.Module:
+    """Fold the active adapters into the base weights (idempotent)."""
+    for _, layer in adapted_layers(model):
+        layer.merge(names)
+    return model
+
+
+def unmerge(model: nn.Module) -> nn.Module:
+    """Undo :func:`merge` (idempotent)."""
+    for _, layer in adapted_layers(model):
+        layer.unmerge()
+    return model
+
+
+def merge_and_unload(model: nn.Module, progress: bool = False) -> nn.Module:
+    """Merge every active adapter and return the plain transformers model (adapters removed).
+
+    A quantised (NF4) base is dequantised first and the merged model stays in the compute dtype: we never
+    silently re-quantise.
+    """
+    from lorafam.family import spec_for_config
+
+    cfgs = configs(model)
+    dequantised = False
+    for path, layer in list(adapted_layers(model)):
+        base = layer.base_layer
+        if is_quantized(base):
+            base = base.to_float_linear()
+            layer.base_layer = base
+            dequantised = True
+        layer.unmerge()
+        layer.merge()
+        _set_module(model, path, base)
+    for name, cfg in cfgs.items():
+        spec_for_config(cfg).adapter_cls.on_detach(model, cfg, name)
+    if hasattr(model, CONFIGS_ATTR):
+        object.__delattr__(model, CONFIGS_ATTR)
+    if dequantised:
+        import warnings
+
+        warnings.warn(
+            "merge_and_unload: the NF4 base was dequantised; the merged model is in floating point "
+            "(not re-quantised).",
+            stacklevel=2,
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def unload(model: nn.Module) -> nn.Module:
+    """Remove all adapters without merging; the base model comes back unchanged."""
+    from lorafam.family import spec_for_config
+
+    for path, layer in list(adapted_layers(model)):
+        layer.unmerge()
+        _set_module(model, path, layer.base_layer)
+    for name, cfg in configs(model).items():
+        spec_for_config(cfg).adapter_cls.on_detach(model, cfg, name)
+    if hasattr(model, CONFIGS_ATTR):
+        object.__delattr__(model, CONFIGS_ATTR)
+    return model
+
+
+@contextlib.contextmanager
+def disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Base behaviour inside the block: adapters off (merged ones are unmerged and re-merged after)."""
+    layers = [layer for _, layer in adapted_layers(model)]
+    was_merged = [list(layer.merged) for layer in layers]
+    try:
+        for layer in layers:
+            layer.unmerge()
+            layer.disabled = True
+        yield model
+    finally:
+        for layer, merged in zip(layers, was_merged):
+            layer.disabled = False
+            if merged:
+                layer.merge(merged)
+
+
+@contextlib.contextmanager
+def active_adapters(model: nn.Module, names: list[str]) -> Iterator[nn.Module]:
+    """Run with only the named adapters active (others kept but skipped)."""
+    layers = [layer for _, layer in adapted_layers(model)]
+    saved = [list(layer.active) for layer in layers]
+    try:
+        for layer in layers:
+            layer.active = [n for n in names if n in layer.adapters]
+        yield model
+    finally:
+        for layer, active in zip(layers, saved):
+            layer.active = active
+
+
+def set_active(model: nn.Module, names: list[str]) -> None:
+    known = set(configs(model))
+    for n in names:
+        if n not in known:
+            raise ValueError(f"no adapter named {n!r}; attached: {sorted(known)}")
+    for _, layer in adapted_layers(model):
+        layer.active = [n for n in names if n in layer.adapters]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; quantised weights count as their logical number of elements."""
+    trainable = total = 0
+    seen: set[int] = set()
+    for module in model.modules():
+        if is_quantized(module) and id(module) not in seen:
+            seen.add(id(module))
+            total += module.in_features * module.out_features
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = p.numel()
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def trainable_summary(model: nn.Module, printer: Any = print) -> str:
+    """PEFT's line: ``trainable params: X || all params: Y || trainable%: Z``."""
+    trainable, total = count_params(model)
+    line = f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+    if printer is not None:
+        printer(line)
+    return line

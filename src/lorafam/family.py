@@ -1,0 +1,169 @@
+"""The family registry: the single source of truth for members and their implementations.
+
+Two tables:
+
+- ``METHODS``: implementation key → :class:`MethodSpec` (config class, adapter class, PEFT type). Injection,
+  checkpoint I/O and the contract tests read it.
+- ``MEMBERS``: family member name → :class:`FamilyMember` (lineage metadata plus how to build it: which method,
+  preset config fields, optimizer options). The CLI's method choices, the arena and the report read it.
+
+Several members share one implementation (rsLoRA, LoRA+ and QLoRA are LoRA with a flag, an optimizer and a
+quantised base), which is why the two tables are separate. Adding a member = one file in ``methods/`` + one
+entry in each table + its reference test.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from lorafam.core.adapter import Adapter
+from lorafam.core.config import AdapterConfig, closest
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """How one adapter implementation is built and stored."""
+
+    key: str
+    config_path: str  # "module:Class"
+    adapter_path: str  # "module:Class"
+    peft_type: str  # "LORA", "ADALORA", or our own ("LORAFAM_QUANTUM", ...)
+    peft_compatible: bool  # PEFT itself can load it
+    tolerance: float = 1e-5  # contract-test tolerance (float32); looser only with a reason
+    contract_kwargs: dict[str, Any] = field(default_factory=dict)  # extra config fields for the tiny test model
+
+    @property
+    def config_cls(self) -> type[AdapterConfig]:
+        return _load(self.config_path)
+
+    @property
+    def adapter_cls(self) -> type[Adapter]:
+        return _load(self.adapter_path)
+
+
+@dataclass(frozen=True)
+class FamilyMember:
+    """One member of the LoRA family, with verified lineage metadata (see shared FAMILY.md)."""
+
+    name: str
+    method: str  # key into METHODS
+    title: str
+    authors: str
+    origin: str  # institution(s)
+    year: int
+    venue: str
+    arxiv: str
+    idea: str  # one line
+    parent: str | None
+    preset: dict[str, Any] = field(default_factory=dict)  # config fields this member sets
+    train_options: dict[str, Any] = field(default_factory=dict)  # optimizer/trainer options (LoRA+ ratio)
+    in_peft: bool = False  # Hugging Face PEFT implements it too
+    notes: str = ""
+
+    def make_config(self, **overrides: Any) -> AdapterConfig:
+        """The member's config: its preset, then the caller's overrides."""
+        cls = METHODS[self.method].config_cls
+        return cls(**{**self.preset, **overrides})
+
+
+def _load(path: str) -> Any:
+    return _load_cached(path)
+
+
+@cache
+def _load_cached(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+METHODS: dict[str, MethodSpec] = {
+    "lora": MethodSpec(
+        "lora", "lorafam.methods.lora:LoraConfig", "lorafam.methods.lora:LoraAdapter", "LORA", True
+    ),
+    "dora": MethodSpec(
+        "dora", "lorafam.methods.dora:DoraConfig", "lorafam.methods.dora:DoraAdapter", "LORA", True
+    ),
+}
+
+MEMBERS: dict[str, FamilyMember] = {
+    "lora": FamilyMember(
+        name="lora",
+        method="lora",
+        title="LoRA: Low-Rank Adaptation of Large Language Models",
+        authors="Hu, Shen, Wallis, Allen-Zhu, Li, Wang, Wang, Chen",
+        origin="Microsoft",
+        year=2021,
+        venue="ICLR 2022",
+        arxiv="2106.09685",
+        idea="Freeze W0 and learn a low-rank update BA beside it; merge it away for zero inference cost.",
+        parent=None,
+        in_peft=True,
+    ),
+    "rslora": FamilyMember(
+        name="rslora",
+        method="lora",
+        title="A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA",
+        authors="Kalajdzievski",
+        origin="Tenyx",
+        year=2023,
+        venue="arXiv preprint",
+        arxiv="2312.03732",
+        idea="Scale the update by α/√r instead of α/r so that larger ranks keep learning.",
+        parent="lora",
+        preset={"use_rslora": True},
+        in_peft=True,
+    ),
+    "loraplus": FamilyMember(
+        name="loraplus",
+        method="lora",
+        title="LoRA+: Efficient Low Rank Adaptation of Large Models",
+        authors="Hayou, Ghosh, Yu",
+        origin="UC Berkeley",
+        year=2024,
+        venue="ICML 2024",
+        arxiv="2402.12354",
+        idea="Same adapter, but B learns λ times faster than A (an optimizer change only).",
+        parent="lora",
+        train_options={"loraplus_ratio": 16.0},
+        in_peft=True,
+    ),
+    "dora": FamilyMember(
+        name="dora",
+        method="dora",
+        title="DoRA: Weight-Decomposed Low-Rank Adaptation",
+        authors="Liu, Wang, Yin, Molchanov, Wang, Cheng, Chen",
+        origin="NVIDIA, HKUST",
+        year=2024,
+        venue="ICML 2024 (oral)",
+        arxiv="2402.09353",
+        idea="Split W into a per-row magnitude and a direction; LoRA updates the direction, m is trained directly.",
+        parent="lora",
+        in_peft=True,
+    ),
+}
+
+
+def method_spec(key: str) -> MethodSpec:
+    if key not in METHODS:
+        raise ValueError(f"unknown method {key!r}.{closest(key, list(METHODS))} Valid: {', '.join(METHODS)}")
+    return METHODS[key]
+
+
+def member(name: str) -> FamilyMember:
+    if name not in MEMBERS:
+        raise ValueError(
+            f"unknown family member {name!r}.{closest(name, list(MEMBERS))} Valid: {', '.join(MEMBERS)}"
+        )
+    return MEMBERS[name]
+
+
+def spec_for_config(config: AdapterConfig) -> MethodSpec:
+    return method_spec(type(config).method)
+
+
+def family() -> list[FamilyMember]:
+    """All members, oldest first (the order of the family history)."""
+    return sorted(MEMBERS.values(), key=lambda m: (m.year, list(MEMBERS).index(m.name)))

@@ -1,0 +1,143 @@
+"""DoRA: weight-decomposed low-rank adaptation.
+
+"DoRA: Weight-Decomposed Low-Rank Adaptation", Liu et al., ICML 2024 — https://arxiv.org/abs/2402.09353
+
+Update rule:  W' = m · (W0 + s·BA) / ‖W0 + s·BA‖_c,  m ∈ R^{out} initialised to ‖W0‖_c (row norms),
+with the norm treated as a constant in backprop (paper §4.3). So W' = W0 at init (B = 0).
+
+Forward without forming W' (g = m / ‖W0 + s·BA‖_c, a per-output-row factor):
+    h = g · (W0 x + s·BA x) + b = base(x) + (g − 1)·W0 x + g·s·BA x
+W0 x is taken from the base output (minus bias) unless dropout is active in training, where the paper's rule
+needs W0·dropout(x) and one extra matmul is paid.
+
+The row norm is computed from r-sized pieces, never materialising W0 + s·BA:
+    ‖W0 + sBA‖²_i = ‖W0‖²_i + 2s·Σ_k B_ik (W0 Aᵀ)_ik + s²·(B (A Aᵀ) ∘ B)_i
+and at inference (no grad) g is cached until a parameter or the base weight changes (tensor version counters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lorafam.core.adapter import base_bias, base_weight, is_quantized, set_base_weight
+from lorafam.methods.lora import LoraAdapter, LoraConfig
+
+
+@dataclass(kw_only=True)
+class DoraConfig(LoraConfig):
+    """DoRA: LoRA direction + a trainable per-row magnitude."""
+
+    method: ClassVar[str] = "dora"
+
+    def to_peft(self) -> dict[str, Any]:
+        d = super().to_peft()
+        d["use_dora"] = True
+        return d
+
+    @classmethod
+    def accepts_peft(cls, d: dict[str, Any]) -> bool:
+        return d.get("peft_type") == "LORA" and bool(d.get("use_dora")) and not d.get("alora_invocation_tokens")
+
+
+class DoraAdapter(LoraAdapter):
+    """DoRA on one linear layer (see module docstring for the rule and shapes)."""
+
+    def __init__(self, config: DoraConfig, in_features: int, out_features: int, rank: int, alpha: float):
+        super().__init__(config, in_features, out_features, rank, alpha)
+        self.lora_magnitude_vector = nn.Parameter(torch.ones(out_features))  # (out,)
+        self._w0_sq: Tensor | None = None  # cached ‖W0‖²_c
+        self._w0_key: tuple[int, int] | None = None
+        self._g_cache: Tensor | None = None
+        self._g_key: tuple[int, ...] | None = None
+        self._merge_scale: Tensor | None = None
+
+    def init_from_base(self, base: nn.Module) -> None:
+        """m ← ‖W0‖_c. Must run on real (not meta) weights."""
+        w = base_weight(base)
+        if w.is_meta:
+            raise RuntimeError("DoRA magnitude cannot be initialised from meta tensors; load the base first")
+        with torch.no_grad():
+            self.lora_magnitude_vector.copy_(torch.linalg.norm(w.float(), dim=1))
+
+    def param_roles(self) -> dict[str, str]:
+        return {"lora_A": "a", "lora_B": "b", "lora_magnitude_vector": "magnitude"}
+
+    def peft_state(self) -> dict[str, Tensor]:
+        return {**super().peft_state(), "lora_magnitude_vector": self.lora_magnitude_vector}
+
+    # -- the norm ----------------------------------------------------------------------------------------------
+    def _w0_row_sq(self, w0: Tensor, base: nn.Module) -> Tensor:
+        key = (id(base), getattr(w0, "_version", 0)) if not is_quantized(base) else (id(base), -1)
+        if self._w0_sq is None or self._w0_key != key or self._w0_sq.device != w0.device:
+            self._w0_sq = (w0.float() ** 2).sum(dim=1)
+            self._w0_key = key
+        return self._w0_sq
+
+    @torch.no_grad()
+    def weight_norm(self, base: nn.Module) -> Tensor:
+        """‖W0 + s·BA‖_c, shape (out,), detached, float32."""
+        w0 = base_weight(base)
+        a, b = self.lora_A.float(), self.lora_B.float()
+        s = self.scaling
+        cross = ((w0.float() @ a.T) * b).sum(dim=1)  # Σ_k B_ik (W0 Aᵀ)_ik   (out,)
+        quad = ((b @ (a @ a.T)) * b).sum(dim=1)  # (B (A Aᵀ) ∘ B)_i        (out,)
+        sq = self._w0_row_sq(w0, base) + 2 * s * cross + (s * s) * quad
+        return sq.clamp_min(0).sqrt()
+
+    def _scale(self, base: nn.Module) -> Tensor:
+        """g = m / ‖W0 + s·BA‖_c (out,); cached when no gradient is being recorded."""
+        if torch.is_grad_enabled():
+            self._g_cache = None
+            return self.lora_magnitude_vector / self.weight_norm(base)
+        w = base_weight(base) if not is_quantized(base) else None
+        key = (
+            self.lora_A._version,
+            self.lora_B._version,
+            self.lora_magnitude_vector._version,
+            id(base),
+            -1 if w is None else w._version,
+        )
+        if self._g_cache is None or self._g_key != key:
+            self._g_cache = self.lora_magnitude_vector / self.weight_norm(base)
+            self._g_key = key
+        return self._g_cache
+
+    # -- forward ----------------------------------------------------------------------------------------------
+    def delta_output(self, x: Tensor, base_out: Tensor, base: nn.Module) -> Tensor:
+        g = self._scale(base)  # (out,)
+        lora = self.lora_path(x)  # (..., out)
+        if isinstance(self.drop, nn.Identity) or not self.training:
+            bias = base_bias(base)
+            w0x = base_out if bias is None else base_out - bias
+        else:
+            w0x = F.linear(self.drop(x).to(base_out.dtype), base_weight(base).to(base_out.dtype))
+        delta = (g - 1) * w0x.to(g.dtype) + g * lora.to(g.dtype)
+        return delta.to(base_out.dtype)
+
+    # -- merge: W' = g · (W0 + s·BA); unmerge divides g back out -----------------------------------------------
+    def delta_weight(self, base: nn.Module) -> Tensor:
+        w0 = base_weight(base).float()
+        lora = super().delta_weight(base)
+        g = (self.lora_magnitude_vector.float() / self.weight_norm(base)).unsqueeze(1)
+        return g * (w0 + lora) - w0
+
+    def merge_into(self, base: nn.Module) -> None:
+        with torch.no_grad():
+            w0 = base_weight(base).float()
+            lora = LoraAdapter.delta_weight(self, base)
+            g = (self.lora_magnitude_vector.float() / self.weight_norm(base)).unsqueeze(1)
+            set_base_weight(base, g * (w0 + lora))
+            self._merge_scale = g
+
+    def unmerge_from(self, base: nn.Module) -> None:
+        assert self._merge_scale is not None, "unmerge without a prior merge"
+        with torch.no_grad():
+            merged = base_weight(base).float()
+            lora = LoraAdapter.delta_weight(self, base)
+            set_base_weight(base, merged / self._merge_scale - lora)
+            self._merge_scale = None

@@ -1,0 +1,98 @@
+"""Optimizer factory, with LoRA+ parameter groups.
+
+LoRA+: "LoRA+: Efficient Low Rank Adaptation of Large Models", Hayou, Ghosh, Yu, ICML 2024 —
+https://arxiv.org/abs/2402.12354. Rule: η_B = λ · η_A (λ = ``loraplus_ratio``, 16 is the usual choice).
+
+Groups are built from each adapter's ``param_roles()`` — never from parameter-name substrings:
+
+| role                        | learning rate                | weight decay |
+|-----------------------------|------------------------------|--------------|
+| ``a`` and other 2-D params  | lr                           | weight_decay |
+| ``b``                       | lr · ratio                   | weight_decay |
+| ``magnitude`` / 1-D params  | lr · ratio  (as PEFT does)   | 0            |
+| ``embedding``               | loraplus_lr_embedding        | weight_decay |
+
+Without a ratio every trainable parameter gets ``lr`` (1-D parameters still skip weight decay).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from lorafam.core.inject import named_adapter_params
+
+_B_ROLES = {"b"}
+_ONE_D_ROLES = {"magnitude"}
+_EMBEDDING_ROLES = {"embedding_a", "embedding_b", "embedding"}
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    loraplus_ratio: float | None = None,
+    loraplus_lr_embedding: float = 1e-6,
+    weight_decay: float = 0.0,
+) -> list[dict]:
+    """Optimizer parameter groups (each carries a ``name`` for logs and tests)."""
+    if lr <= 0:
+        raise ValueError(f"'lr' must be > 0, got {lr}")
+    if loraplus_ratio is not None and loraplus_ratio <= 0:
+        raise ValueError(f"'loraplus_ratio' must be > 0, got {loraplus_ratio}")
+    ratio = loraplus_ratio if loraplus_ratio is not None else 1.0
+    groups: dict[str, dict] = {
+        "a": {"params": [], "lr": lr, "weight_decay": weight_decay},
+        "b": {"params": [], "lr": lr * ratio, "weight_decay": weight_decay},
+        "b_no_decay": {"params": [], "lr": lr * ratio, "weight_decay": 0.0},
+        "no_decay": {"params": [], "lr": lr, "weight_decay": 0.0},
+        "embedding": {
+            "params": [],
+            "lr": loraplus_lr_embedding if loraplus_ratio is not None else lr,
+            "weight_decay": weight_decay,
+        },
+    }
+    seen: set[int] = set()
+    for _, p, role, _ in named_adapter_params(model):
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if role in _B_ROLES:
+            groups["b"]["params"].append(p)
+        elif role in _ONE_D_ROLES or p.ndim < 2:
+            groups["b_no_decay" if loraplus_ratio is not None else "no_decay"]["params"].append(p)
+        elif role in _EMBEDDING_ROLES:
+            groups["embedding"]["params"].append(p)
+        else:
+            groups["a"]["params"].append(p)
+    # trainable parameters outside adapters (e.g. LongLoRA's embeddings and norms)
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            groups["a" if p.ndim >= 2 else "no_decay"]["params"].append(p)
+    out = [{"name": k, **g} for k, g in groups.items() if g["params"]]
+    if not out:
+        raise ValueError("the model has no trainable parameters; attach an adapter first (lf.attach)")
+    return out
+
+
+def make_optimizer(
+    model: nn.Module,
+    lr: float = 2e-4,
+    loraplus_ratio: float | None = None,
+    loraplus_lr_embedding: float = 1e-6,
+    weight_decay: float = 0.0,
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.Optimizer:
+    """The optimizer for a model's trainable parameters; LoRA+ groups when ``loraplus_ratio`` is given."""
+    groups = param_groups(model, lr, loraplus_ratio, loraplus_lr_embedding, weight_decay)
+    if optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if optimizer == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)
+    if optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr)
+    raise ValueError(f"'optimizer' must be one of adamw, adam, sgd; got {optimizer!r}")

@@ -1,0 +1,113 @@
+"""The contract every registry member keeps, on a tiny Llama and a tiny GPT-2.
+
+Parametrised over ``lorafam.MEMBERS``: a member that is not in the registry is not in the library, and a member
+in the registry is tested here with no per-member code (per-member needs live in ``MethodSpec``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lorafam as lf
+from lorafam.core.inject import adapted_layers, named_adapter_params
+from lorafam.family import METHODS
+from tests.conftest import perturb_adapters
+
+MEMBER_NAMES = list(lf.MEMBERS)
+ARCHS = {"llama": lf.tiny_llama, "gpt2": lf.tiny_gpt2}
+
+
+def _build(member_name: str, arch: str):
+    member = lf.MEMBERS[member_name]
+    spec = METHODS[member.method]
+    base = ARCHS[arch]()
+    ref = ARCHS[arch]()
+    cfg = member.make_config(rank=4, alpha=8, **spec.contract_kwargs)
+    return lf.attach(base, cfg), ref, spec, cfg
+
+
+def _x() -> torch.Tensor:
+    return torch.randint(3, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def _logits(model, x=None):
+    with torch.no_grad():
+        return model(_x() if x is None else x).logits
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("name", MEMBER_NAMES)
+def test_identity_at_init(name, arch):
+    model, ref, spec, _ = _build(name, arch)
+    torch.testing.assert_close(_logits(model), _logits(ref), atol=spec.tolerance, rtol=spec.tolerance)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("name", MEMBER_NAMES)
+def test_disabled_equals_base_and_perturbed_differs(name, arch):
+    model, ref, spec, _ = _build(name, arch)
+    perturb_adapters(model)
+    assert (_logits(model) - _logits(ref)).abs().max() > 1e-4, "perturbed adapter had no effect"
+    with lf.disabled(model):
+        torch.testing.assert_close(_logits(model), _logits(ref), atol=spec.tolerance, rtol=spec.tolerance)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("name", MEMBER_NAMES)
+def test_merge_contract(name, arch):
+    model, _, spec, _ = _build(name, arch)
+    perturb_adapters(model)
+    unmerged = _logits(model)
+    if not spec.adapter_cls.mergeable:
+        with pytest.raises(NotImplementedError):
+            lf.merge(model)
+        return
+    weights = {p: layer.base_layer.weight.detach().clone() for p, layer in adapted_layers(model)}
+    lf.merge(model)
+    merged = _logits(model)
+    lf.merge(model)  # idempotent
+    torch.testing.assert_close(_logits(model), merged, atol=0, rtol=0)
+    torch.testing.assert_close(merged, unmerged, atol=spec.tolerance * 10, rtol=spec.tolerance * 10)
+    lf.unmerge(model)
+    lf.unmerge(model)  # idempotent
+    for p, layer in adapted_layers(model):
+        torch.testing.assert_close(layer.base_layer.weight, weights[p], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(_logits(model), unmerged, atol=spec.tolerance * 10, rtol=spec.tolerance * 10)
+    # merge_and_unload gives a plain model with the same outputs
+    plain = lf.merge_and_unload(model)
+    assert not list(adapted_layers(plain))
+    torch.testing.assert_close(_logits(plain), unmerged, atol=spec.tolerance * 10, rtol=spec.tolerance * 10)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("name", MEMBER_NAMES)
+def test_save_load_round_trip(tmp_path, name, arch):
+    model, _, spec, _ = _build(name, arch)
+    perturb_adapters(model)
+    expected = _logits(model)
+    lf.save_adapter(model, tmp_path / "a")
+    loaded = lf.load_adapter(ARCHS[arch](), tmp_path / "a")
+    torch.testing.assert_close(_logits(loaded), expected, atol=1e-6, rtol=1e-6)
+    saved = lf.core.checkpoint.adapter_state(model)
+    again = lf.core.checkpoint.adapter_state(loaded)
+    assert saved.keys() == again.keys()
+    for k in saved:
+        torch.testing.assert_close(again[k], saved[k], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("name", MEMBER_NAMES)
+def test_only_adapter_params_train_and_all_get_gradients(name, arch):
+    model, _, _, _ = _build(name, arch)
+    perturb_adapters(model)
+    model.train()
+    adapter_ids = {id(p) for _, p, _, _ in named_adapter_params(model)}
+    extra = {id(p) for ps in getattr(model, "lorafam_extra_trainable", {}).values() for p in ps}
+    for pname, p in model.named_parameters():
+        assert p.requires_grad == (id(p) in adapter_ids or id(p) in extra), pname
+    x = _x()
+    out = model(x, labels=x)
+    out.loss.backward()
+    for qual, p, _, _ in named_adapter_params(model):
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reached {qual}"

@@ -1,0 +1,27 @@
+"""Precision helpers: keep the frozen base in a low-precision dtype, adapters and optimizer state in fp32.
+
+Under ``torch.autocast`` every frozen fp32 weight is re-cast on every forward; storing the frozen base directly in
+bf16 removes that cost (and halves its memory) while the trainable adapter parameters stay fp32 for the
+optimizer. Adapters cast their input to their own dtype and their output back to the base output's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def cast_frozen(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """Cast every frozen floating-point parameter and buffer of ``model`` to ``dtype`` (in place).
+
+    Trainable parameters (adapters, LongLoRA's embeddings/norms) keep their dtype. Call after ``attach``.
+    Returns the model.
+    """
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            if p.is_floating_point() and not p.requires_grad and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+        for name, b in list(module.named_buffers(recurse=False)):
+            if b.is_floating_point() and b.dtype != dtype and "inv_freq" not in name:
+                module._buffers[name] = b.to(dtype)
+    return model

@@ -110,12 +110,14 @@ class DoraAdapter(LoraAdapter):
     # -- forward ----------------------------------------------------------------------------------------------
     def delta_output(self, x: Tensor, base_out: Tensor, base: nn.Module) -> Tensor:
         g = self._scale(base)  # (out,)
-        lora = self.lora_path(x)  # (..., out)
         if isinstance(self.drop, nn.Identity) or not self.training:
+            lora = self.lora_path(x)  # (..., out)
             bias = base_bias(base)
             w0x = base_out if bias is None else base_out - bias
-        else:
-            w0x = F.linear(self.drop(x).to(base_out.dtype), base_weight(base).to(base_out.dtype))
+        else:  # one dropout mask shared by both terms, as in the paper's h = W'·dropout(x)
+            xd = self.drop(x)
+            lora = self.lora_path(xd, dropped=True)
+            w0x = F.linear(xd.to(base_out.dtype), base_weight(base).to(base_out.dtype))
         delta = (g - 1) * w0x.to(g.dtype) + g * lora.to(g.dtype)
         return delta.to(base_out.dtype)
 

@@ -145,9 +145,10 @@ class LoraAdapter(Adapter):
     def delta_weight(self, base: nn.Module) -> Tensor:
         return (self.lora_B.float() @ self.lora_A.float()) * self.scaling  # (out, in)
 
-    def lora_path(self, x: Tensor) -> Tensor:
-        """s · B A dropout(x) in the adapter dtype (..., out)."""
-        h = F.linear(self.drop(x.to(self.lora_A.dtype)), self.lora_A)  # (..., r)
+    def lora_path(self, x: Tensor, dropped: bool = False) -> Tensor:
+        """s · B A dropout(x) in the adapter dtype (..., out); ``dropped`` = dropout already applied to x."""
+        x = x.to(self.lora_A.dtype)
+        h = F.linear(x if dropped else self.drop(x), self.lora_A)  # (..., r)
         return F.linear(h, self.lora_B) * self.scaling
 
     def delta_output(self, x: Tensor, base_out: Tensor, base: nn.Module) -> Tensor:

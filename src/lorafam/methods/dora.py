@@ -114,7 +114,7 @@ class DoraAdapter(LoraAdapter):
             lora = self.lora_path(x)  # (..., out)
             bias = base_bias(base)
             w0x = base_out if bias is None else base_out - bias
-        else:  # one dropout mask shared by both terms, as in the paper's h = W'·dropout(x)
+        else:  # PEFT's rule: base(x) + (g-1)·W0·drop(x) + g·s·BA·drop(x), one mask for both terms
             xd = self.drop(x)
             lora = self.lora_path(xd, dropped=True)
             w0x = F.linear(xd.to(base_out.dtype), base_weight(base).to(base_out.dtype))

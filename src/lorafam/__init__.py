@@ -29,10 +29,12 @@ from lorafam.core.inject import (  # noqa: E402
     unmerge,
 )
 from lorafam.family import MEMBERS, METHODS, family, member  # noqa: E402
+from lorafam.methods.alora import ALoraConfig  # noqa: E402
 from lorafam.methods.dora import DoraConfig  # noqa: E402
 from lorafam.methods.lora import LoraConfig  # noqa: E402
 from lorafam.models import load_model, load_tokenizer, tiny_gpt2, tiny_llama  # noqa: E402
 from lorafam.optim import make_optimizer, param_groups  # noqa: E402
+from lorafam.serve.engine import GenerationResult, PrefixCache, generate  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -40,15 +42,19 @@ __all__ = [
     "MEMBERS",
     "METHODS",
     "Adapter",
+    "ALoraConfig",
     "AdaptedLayer",
     "AdapterConfig",
+    "GenerationResult",
     "DoraConfig",
     "LoraConfig",
+    "PrefixCache",
     "active_adapters",
     "attach",
     "configs",
     "disabled",
     "family",
+    "generate",
     "load_adapter",
     "load_model",
     "load_tokenizer",

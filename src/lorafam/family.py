@@ -86,6 +86,15 @@ METHODS: dict[str, MethodSpec] = {
     "dora": MethodSpec(
         "dora", "lorafam.methods.dora:DoraConfig", "lorafam.methods.dora:DoraAdapter", "LORA", True
     ),
+    "alora": MethodSpec(
+        "alora",
+        "lorafam.methods.alora:ALoraConfig",
+        "lorafam.methods.alora:ALoraAdapter",
+        "LORA",
+        True,
+        # (154, 28) occurs in row 0 of the contract input (tests/contract `_x()`), not in row 1: mixed rows
+        contract_kwargs={"invocation_tokens": [154, 28]},
+    ),
 }
 
 MEMBERS: dict[str, FamilyMember] = {
@@ -142,6 +151,22 @@ MEMBERS: dict[str, FamilyMember] = {
         idea="Split W into a per-row magnitude and a direction; LoRA updates the direction, m is trained directly.",
         parent="lora",
         in_peft=True,
+    ),
+    "alora": FamilyMember(
+        name="alora",
+        method="alora",
+        title="Activated LoRA: Fine-tuned LLMs for Intrinsics",
+        authors="Greenewald, Lastras, Parnell, Shah, Popa, Zizzo, Gunasekara, Rawat, Cox",
+        origin="IBM Research",
+        year=2025,
+        venue="arXiv preprint",
+        arxiv="2504.12397",
+        idea="LoRA that switches on only from an invocation sequence onward, so the base model's KV cache of the "
+        "history is reused as is.",
+        parent="lora",
+        in_peft=True,
+        notes="Not mergeable. Base-cache reuse: lf.PrefixCache + lf.generate (see docs/alora.md). PEFT stores it as "
+        "LORA + alora_invocation_tokens; upstream vLLM support is not confirmed.",
     ),
 }
 

@@ -9,9 +9,14 @@ lf.save_adapter(model, "out/")
 
 from __future__ import annotations
 
+import logging as _logging
 import os as _os
 
 _os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# torchao (imported by transformers when installed) logs harmless "Failed to load _C*.so" lines for GPU kernels
+# this CPU build lacks, and torch's pytree logs a deprecation notice for torchao's enums: keep user output clean.
+_logging.getLogger("torchao").setLevel(_logging.ERROR)
+_logging.getLogger("torch.utils._pytree").setLevel(_logging.ERROR)
 
 from lorafam.core.adapter import AdaptedLayer, Adapter  # noqa: E402
 from lorafam.core.checkpoint import load_adapter, save_adapter  # noqa: E402
@@ -29,8 +34,10 @@ from lorafam.core.inject import (  # noqa: E402
     unmerge,
 )
 from lorafam.family import MEMBERS, METHODS, family, member  # noqa: E402
+from lorafam.methods.adalora import AdaLoraConfig  # noqa: E402
 from lorafam.methods.alora import ALoraConfig  # noqa: E402
 from lorafam.methods.dora import DoraConfig  # noqa: E402
+from lorafam.methods.longlora import LongLoraConfig  # noqa: E402
 from lorafam.methods.lora import LoraConfig  # noqa: E402
 from lorafam.models import load_model, load_tokenizer, tiny_gpt2, tiny_llama  # noqa: E402
 from lorafam.optim import make_optimizer, param_groups  # noqa: E402
@@ -42,12 +49,14 @@ __all__ = [
     "MEMBERS",
     "METHODS",
     "Adapter",
+    "AdaLoraConfig",
     "ALoraConfig",
     "AdaptedLayer",
     "AdapterConfig",
     "GenerationResult",
     "DoraConfig",
     "LoraConfig",
+    "LongLoraConfig",
     "PrefixCache",
     "active_adapters",
     "attach",

@@ -86,6 +86,14 @@ METHODS: dict[str, MethodSpec] = {
     "dora": MethodSpec(
         "dora", "lorafam.methods.dora:DoraConfig", "lorafam.methods.dora:DoraAdapter", "LORA", True
     ),
+    "adalora": MethodSpec(
+        "adalora",
+        "lorafam.methods.adalora:AdaLoraConfig",
+        "lorafam.methods.adalora:AdaLoraAdapter",
+        "ADALORA",
+        True,
+        contract_kwargs={"target_rank": 2},
+    ),
     "alora": MethodSpec(
         "alora",
         "lorafam.methods.alora:ALoraConfig",
@@ -151,6 +159,20 @@ MEMBERS: dict[str, FamilyMember] = {
         idea="Split W into a per-row magnitude and a direction; LoRA updates the direction, m is trained directly.",
         parent="lora",
         in_peft=True,
+    ),
+    "adalora": FamilyMember(
+        name="adalora",
+        method="adalora",
+        title="Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning",
+        authors="Zhang, Chen, Bukharin, Karampatziakis, He, Cheng, Chen, Zhao",
+        origin="Georgia Tech, Princeton, Microsoft",
+        year=2023,
+        venue="ICLR 2023",
+        arxiv="2303.10512",
+        idea="Write ΔW as PΛQ (SVD form) and move rank from unimportant to important matrices while training.",
+        parent="lora",
+        in_peft=True,
+        notes="Rank allocation is a trainer callback; recommended lr 2e-3 (see docs/adalora.md).",
     ),
     "alora": FamilyMember(
         name="alora",

@@ -38,6 +38,7 @@ from lorafam.methods.adalora import AdaLoraConfig  # noqa: E402
 from lorafam.methods.alora import ALoraConfig  # noqa: E402
 from lorafam.methods.dora import DoraConfig  # noqa: E402
 from lorafam.methods.longlora import LongLoraConfig  # noqa: E402
+from lorafam.methods.longlora import LongLoraConfig  # noqa: E402
 from lorafam.methods.lora import LoraConfig  # noqa: E402
 from lorafam.models import load_model, load_tokenizer, tiny_gpt2, tiny_llama  # noqa: E402
 from lorafam.optim import make_optimizer, param_groups  # noqa: E402
@@ -56,6 +57,7 @@ __all__ = [
     "GenerationResult",
     "DoraConfig",
     "LoraConfig",
+    "LongLoraConfig",
     "LongLoraConfig",
     "PrefixCache",
     "active_adapters",

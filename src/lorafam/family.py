@@ -86,6 +86,14 @@ METHODS: dict[str, MethodSpec] = {
     "dora": MethodSpec(
         "dora", "lorafam.methods.dora:DoraConfig", "lorafam.methods.dora:DoraAdapter", "LORA", True
     ),
+    "longlora": MethodSpec(
+        "longlora",
+        "lorafam.methods.longlora:LongLoraConfig",
+        "lorafam.methods.longlora:LongLoraAdapter",
+        "LORA",  # PEFT loads it as LoRA + modules_to_save (inference); lorafam_config restores the rest
+        True,
+        contract_kwargs={"targets": "all-linear"},  # the paper's q/k/v/o names do not exist in GPT-2
+    ),
     "adalora": MethodSpec(
         "adalora",
         "lorafam.methods.adalora:AdaLoraConfig",
@@ -159,6 +167,38 @@ MEMBERS: dict[str, FamilyMember] = {
         idea="Split W into a per-row magnitude and a direction; LoRA updates the direction, m is trained directly.",
         parent="lora",
         in_peft=True,
+    ),
+    "qlora": FamilyMember(
+        name="qlora",
+        method="lora",
+        title="QLoRA: Efficient Finetuning of Quantized LLMs",
+        authors="Dettmers, Pagnoni, Holtzman, Zettlemoyer",
+        origin="University of Washington",
+        year=2023,
+        venue="NeurIPS 2023",
+        arxiv="2305.14314",
+        idea="Freeze the base in 4-bit NormalFloat with double-quantised scales and train LoRA through it.",
+        parent="lora",
+        preset={"quantize": "nf4"},
+        in_peft=True,
+        notes="quantize='nf4' works under any member (QDoRA = dora + nf4). torchao NF4 storage; merge_and_unload "
+        "returns a dequantised float model (see docs/qlora.md).",
+    ),
+    "longlora": FamilyMember(
+        name="longlora",
+        method="longlora",
+        title="LongLoRA: Efficient Fine-tuning of Long-Context Large Language Models",
+        authors="Chen, Qian, Tang, Lai, Liu, Han, Jia",
+        origin="CUHK, MIT",
+        year=2023,
+        venue="ICLR 2024 (oral)",
+        arxiv="2309.12307",
+        idea="Extend context cheaply: shifted group attention (S²-Attn) in training, LoRA plus trainable "
+        "embeddings and norms, full attention at inference.",
+        parent="lora",
+        in_peft=False,
+        notes="Its 'LoRA+' (trainable embeddings and norms) is not Hayou et al.'s LoRA+. S²-Attn on llama, "
+        "mistral, qwen2, qwen3, gpt2 (see docs/longlora.md).",
     ),
     "adalora": FamilyMember(
         name="adalora",

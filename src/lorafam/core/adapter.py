@@ -52,7 +52,14 @@ def base_weight(layer: nn.Module) -> Tensor:
 
 
 def add_to_base_weight(layer: nn.Module, delta: Tensor) -> None:
-    """W ← W + delta in place (delta in (out, in) layout). Quantised bases refuse: merging would re-quantise."""
+    """W ← W + delta in place (delta in (out, in) layout).
+
+    A quantised base that offers ``add_to_weight`` keeps a dense float copy beside its codes (never re-quantised);
+    others refuse, since merging would re-quantise.
+    """
+    if is_quantized(layer) and hasattr(layer, "add_to_weight"):
+        layer.add_to_weight(delta)
+        return
     if is_quantized(layer):
         raise NotImplementedError(
             "cannot merge into a quantised (NF4) base in place: that would re-quantise the weights. "
@@ -64,7 +71,10 @@ def add_to_base_weight(layer: nn.Module, delta: Tensor) -> None:
 
 
 def set_base_weight(layer: nn.Module, new: Tensor) -> None:
-    """W ← new in place (new in (out, in) layout)."""
+    """W ← new in place (new in (out, in) layout); quantised bases with ``set_weight`` keep a dense copy."""
+    if is_quantized(layer) and hasattr(layer, "set_weight"):
+        layer.set_weight(new)
+        return
     if is_quantized(layer):
         raise NotImplementedError("cannot overwrite a quantised base weight in place")
     with torch.no_grad():
@@ -208,6 +218,8 @@ class AdaptedLayer(nn.Module):
         for name in reversed(list(self.merged)):
             self.adapters[name].unmerge_from(self.base_layer)
             self.merged.remove(name)
+        if not self.merged and hasattr(self.base_layer, "drop_merged_weight"):
+            self.base_layer.drop_merged_weight()  # a quantised base returns to its exact codes
 
     def extra_repr(self) -> str:
         return f"active={self.active}, merged={self.merged}, disabled={self.disabled}"

@@ -135,8 +135,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "de
     )
     from lorafam.family import spec_for_config
 
-    if not spec_for_config(config).peft_compatible:
-        # our own peft_type: keep the full config; PEFT-known types get only PEFT's keys (vLLM/PEFT-clean)
+    if not spec_for_config(config).peft_compatible or config.quantize is not None:
+        # our own peft_type: keep the full config; PEFT-known types get only PEFT's keys (vLLM/PEFT-clean).
+        # A quantised base (QLoRA) is recorded too, so loading reproduces the trained model exactly.
         peft_cfg["lorafam_config"] = config.to_dict()
     state = adapter_state(model, name)
     if hasattr(model, "lorafam_extra_peft_config"):

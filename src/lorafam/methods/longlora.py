@@ -1,0 +1,202 @@
+"""LongLoRA: LoRA on the attention projections + S²-Attn + trainable embeddings and norms + position interpolation.
+
+"LongLoRA: Efficient Fine-tuning of Long-Context Large Language Models", Chen, Qian, Tang, Lai, Liu, Han, Jia,
+ICLR 2024 — https://arxiv.org/abs/2309.12307
+
+Update rule (per targeted projection, as LoRA):  h = W0 x + s · B A x,  A ∈ R^{r×in}, B ∈ R^{out×r}, s = α/r,
+with r = 8, α = 16 on q, k, v, o in the paper's recipe. Around it, three model-level changes:
+
+1. S²-Attn during training (``lorafam.attention.s2attn``): causal attention within groups of G = ratio · N
+   tokens, half of the heads shifted by G/2 — O(N·G) instead of O(N²). Inference uses full attention.
+2. The embeddings and normalisation layers train too. The paper calls LoRA plus these "LoRA+"; that is
+   unrelated to Hayou et al.'s LoRA+ learning-rate rule (our ``loraplus`` member). They are saved with the
+   adapter under PEFT's ``modules_to_save`` convention (original module keys), so PEFT can load the file.
+3. Position interpolation (Chen et al., 2023): linear RoPE scaling by ⌈target_context / original context⌉.
+
+Merge: the LoRA part merges like LoRA; the embeddings and norms were trained in place, so a merged model
+already carries them. Note that ``unload``/``disabled`` remove the LoRA part only: the trained embeddings and
+norms, and the RoPE scaling, stay in the base model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lorafam.attention import s2attn
+from lorafam.core.config import AdapterConfig
+from lorafam.methods.lora import LoraAdapter, LoraConfig
+
+STATE_ATTR = "lorafam_longlora"
+
+
+@dataclass(kw_only=True)
+class LongLoraConfig(LoraConfig):
+    """LongLoRA. Defaults follow the paper's recipe (r=8, α=16 on q, k, v, o; group ratio 1/4)."""
+
+    method: ClassVar[str] = "longlora"
+
+    targets: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    s2attn: bool = True
+    """Use S²-Attn in training (False: plain full attention, for comparison)."""
+    group_size_ratio: float = 0.25
+    """G / N: 1/k for a whole number k (the sequence is cut into k groups)."""
+    shift_wraparound: bool = False
+    """Roll the shifted heads as the paper's reference code does (leaks the future within training); off by default."""
+    trainable_embeddings_and_norms: bool = True
+    """Also train every embedding and normalisation layer (the paper's "LoRA+")."""
+    target_context: int | None = None
+    """Context length to reach by linear RoPE scaling (position interpolation); None keeps the model's."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        s2attn.S2AttnSettings(self.group_size_ratio, self.shift_wraparound)  # validates the ratio
+        if self.target_context is not None and (
+            not isinstance(self.target_context, int)
+            or isinstance(self.target_context, bool)
+            or self.target_context <= 0
+        ):
+            raise ValueError(f"{type(self).__name__}: 'target_context' must be a positive int or None")
+
+    def to_peft(self) -> dict[str, Any]:
+        d = super().to_peft()
+        d["lorafam_config"] = self.to_dict()  # PEFT reads it as LoRA (+ modules_to_save); we restore all fields
+        return d
+
+    @classmethod
+    def accepts_peft(cls, d: dict[str, Any]) -> bool:
+        return False  # plain PEFT LoRA files are LoRA; ours carry ``lorafam_config``
+
+
+class LongLoraAdapter(LoraAdapter):
+    """The LoRA part of LongLoRA on one projection (the model-level parts live in ``on_attach``)."""
+
+    @classmethod
+    def on_attach(cls, model: nn.Module, config: AdapterConfig, name: str) -> None:
+        assert isinstance(config, LongLoraConfig)
+        state: dict[str, Any] = {"previous_attn": None, "extra": {}}
+        if config.s2attn:
+            settings = s2attn.S2AttnSettings(config.group_size_ratio, config.shift_wraparound)
+            state["previous_attn"] = s2attn.enable(model, settings)
+        if config.target_context is not None:
+            apply_position_interpolation(model, config.target_context)
+        if config.trainable_embeddings_and_norms:
+            state["extra"] = embedding_and_norm_params(model)
+            extra = dict(getattr(model, "lorafam_extra_trainable", {}))
+            extra[name] = list(state["extra"].values())
+            object.__setattr__(model, "lorafam_extra_trainable", extra)
+            object.__setattr__(model, "lorafam_extra_state", lambda: _extra_state(model))
+            object.__setattr__(model, "lorafam_load_extra_state", lambda rest: _load_extra_state(model, rest))
+            object.__setattr__(model, "lorafam_extra_peft_config", lambda: _extra_peft_config(model))
+        object.__setattr__(model, STATE_ATTR, state)
+
+    @classmethod
+    def on_detach(cls, model: nn.Module, config: AdapterConfig, name: str) -> None:
+        state = getattr(model, STATE_ATTR, None)
+        if state is None:
+            return
+        if getattr(config, "s2attn", False):
+            s2attn.disable(model, state["previous_attn"])
+        extra = dict(getattr(model, "lorafam_extra_trainable", {}))
+        extra.pop(name, None)
+        object.__setattr__(model, "lorafam_extra_trainable", extra)
+        for attr in ("lorafam_extra_state", "lorafam_load_extra_state", "lorafam_extra_peft_config", STATE_ATTR):
+            if attr in model.__dict__:
+                object.__delattr__(model, attr)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)) or type(module).__name__.endswith(
+        ("RMSNorm", "LayerNorm")
+    )
+
+
+def embedding_and_norm_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameter key → parameter for every embedding and normalisation layer (tied weights listed once).
+
+    Selected by module type (``nn.Embedding``, ``nn.LayerNorm``, ``*RMSNorm``…), never by parameter name.
+    """
+    found: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Embedding) or _is_norm(module):
+            for pname, p in module.named_parameters(recurse=False):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    found[f"{path}.{pname}" if path else pname] = p
+    if not found:
+        raise ValueError(f"{type(model).__name__}: no embedding or normalisation layers found to train")
+    return found
+
+
+def _extra_state(model: nn.Module) -> dict[str, Tensor]:
+    return dict(getattr(model, STATE_ATTR)["extra"])
+
+
+def _load_extra_state(model: nn.Module, remaining: dict[str, Tensor]) -> dict[str, Tensor]:
+    from lorafam.core.checkpoint import PREFIX
+
+    params: dict[str, nn.Parameter] = getattr(model, STATE_ATTR)["extra"]
+    rest = dict(remaining)
+    for key, p in params.items():
+        file_key = f"{PREFIX}{key}"
+        if file_key not in rest:
+            raise KeyError(f"adapter file lacks the trained embedding/norm tensor {file_key!r}")
+        src = rest.pop(file_key)
+        if tuple(src.shape) != tuple(p.shape):
+            raise ValueError(f"{file_key}: shape {tuple(src.shape)} in the file but {tuple(p.shape)} in the model")
+        with torch.no_grad():
+            p.copy_(src.to(dtype=p.dtype, device=p.device))
+    return rest
+
+
+def _extra_peft_config(model: nn.Module) -> dict[str, Any]:
+    keys = getattr(model, STATE_ATTR)["extra"]
+    return {"modules_to_save": sorted({k.rsplit(".", 1)[0].split(".")[-1] for k in keys})}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def apply_position_interpolation(model: nn.Module, target_context: int) -> float:
+    """Linear RoPE scaling so positions up to ``target_context`` map into the trained range. Returns the factor.
+
+    factor = ⌈target_context / max_position_embeddings⌉ (LongLoRA's rule); 1 means nothing changes. The model
+    config is updated (so a saved merged model keeps the scaling) and every rotary module recomputes its
+    frequencies.
+
+    Raises:
+        ValueError: the model has no RoPE, or already uses a non-default RoPE type.
+    """
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    config = model.config
+    rope = getattr(config, "rope_parameters", None)
+    original = getattr(config, "max_position_embeddings", None)
+    if not isinstance(rope, dict) or "rope_type" not in rope or original is None:
+        raise ValueError(
+            f"target_context needs a model with rotary position embeddings; {config.model_type!r} has none"
+        )
+    factor = math.ceil(target_context / original)
+    if factor <= 1:
+        return 1.0
+    if rope["rope_type"] != "default":
+        raise ValueError(
+            f"target_context: the model already uses rope_type={rope['rope_type']!r}; position interpolation "
+            "is only applied on top of the default RoPE"
+        )
+    config.rope_parameters = {**rope, "rope_type": "linear", "factor": float(factor)}
+    rotary = [m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "rope_type")]
+    if not rotary:
+        raise ValueError(f"{type(model).__name__}: no rotary embedding module found for target_context")
+    for m in rotary:
+        inv_freq, attention_scaling = ROPE_INIT_FUNCTIONS["linear"](config, m.inv_freq.device)
+        m.inv_freq = inv_freq.to(m.inv_freq.dtype)
+        if hasattr(m, "original_inv_freq"):
+            m.original_inv_freq = inv_freq.clone().to(m.inv_freq.dtype)
+        m.rope_type = "linear"
+        m.attention_scaling = attention_scaling
+    return float(factor)

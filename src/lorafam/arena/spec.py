@@ -1,0 +1,193 @@
+"""The arena spec: which experiments (member × task × seed) run, with which settings.
+
+The packaged ``default.yaml`` holds the defaults, the budgets (quick / standard / full), the peers and per-task /
+per-member overrides; a user spec overlays it key by key. Members come from the registry (``lorafam.MEMBERS``), so
+a member added later is in the arena with no change here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lorafam.arena.results import spec_hash
+from lorafam.arena.tasks import builtin_tasks, make_task
+from lorafam.core.config import closest
+
+DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
+BUDGETS = ("quick", "standard", "full")
+IMPLS = ("lorafam", "peft", "full", "base")
+FULL_FT = "full-ft"
+BASE = "base"
+_TOP_KEYS = {"defaults", "peers", "member_overrides", "task_overrides", "budgets", "tasks"}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One run: an implementation of a member on a task with a seed, and its resolved settings."""
+
+    impl: str
+    member: str
+    task: str
+    seed: int
+    budget: str
+    settings: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.impl}--{self.member}--{self.task}--s{self.seed}"
+
+    @property
+    def spec_hash(self) -> str:
+        return spec_hash({"impl": self.impl, "member": self.member, "task": self.task, **self.settings})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "impl": self.impl,
+            "member": self.member,
+            "task": self.task,
+            "seed": self.seed,
+            "budget": self.budget,
+            "settings": self.settings,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Experiment:
+        return cls(d["impl"], d["member"], d["task"], int(d["seed"]), d["budget"], dict(d["settings"]))
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_spec(path: str | Path | None = None) -> dict[str, Any]:
+    """The default spec, overlaid with ``path`` when given.
+
+    Raises:
+        ValueError: unreadable file or an unknown top-level / settings key (named, with the valid ones).
+    """
+    spec = yaml.safe_load(DEFAULT_SPEC.read_text(encoding="utf-8"))
+    if path is None:
+        return spec
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"arena spec {str(p)!r}: no such file")
+    try:
+        user = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"arena spec {p}: invalid YAML ({exc})") from exc
+    if not isinstance(user, dict):
+        raise ValueError(f"arena spec {p}: expected a mapping at the top level")
+    for k in user:
+        if k not in _TOP_KEYS:
+            raise ValueError(
+                f"arena spec {p}: unknown key {k!r}.{closest(k, sorted(_TOP_KEYS))} Valid: {sorted(_TOP_KEYS)}"
+            )
+    known = set(spec["defaults"]) | {"tasks", "seeds"}
+    for section in ("defaults",):
+        for k in user.get(section) or {}:
+            if k not in known:
+                raise ValueError(f"arena spec {p}: unknown setting {section}.{k}.{closest(k, sorted(known))}")
+    return _merge(spec, user)
+
+
+def member_names(spec: dict[str, Any] | None = None) -> list[str]:
+    """Every family member in the registry, oldest first."""
+    from lorafam.family import family
+
+    return [m.name for m in family()]
+
+
+def valid_tasks(spec: dict[str, Any]) -> list[str]:
+    return list(builtin_tasks()) + list(spec.get("tasks") or {})
+
+
+def plan(
+    spec: dict[str, Any],
+    budget: str = "quick",
+    members: list[str] | None = None,
+    tasks: list[str] | None = None,
+    seeds: list[int] | None = None,
+    peers: bool = True,
+) -> list[Experiment]:
+    """The experiments of one arena, in run order (base, then members oldest first, each followed by its peer).
+
+    Raises:
+        ValueError: unknown budget, member or task (each message lists the valid names).
+    """
+    from lorafam.family import MEMBERS
+
+    if budget not in spec["budgets"]:
+        raise ValueError(
+            f"unknown budget {budget!r}.{closest(budget, list(spec['budgets']))} Valid: {', '.join(spec['budgets'])}"
+        )
+    b = spec["budgets"][budget]
+    all_members = member_names(spec)
+    extra = [FULL_FT, BASE]
+    chosen = list(members) if members else all_members
+    for m in chosen:
+        if m not in MEMBERS and m not in extra:
+            valid = all_members + extra
+            raise ValueError(f"unknown member {m!r}.{closest(m, valid)} Valid members: {', '.join(valid)}")
+    task_names = list(tasks) if tasks else list(b.get("tasks") or ["add3"])
+    for t in task_names:
+        make_task(t, spec.get("tasks"))
+    seed_list = list(seeds) if seeds is not None else list(b.get("seeds") or [0])
+    p = spec.get("peers") or {}
+    peft_ok = peers and p.get("peft", True) and _has_peft()
+
+    out: list[Experiment] = []
+    for task in task_names:
+        for seed in seed_list:
+
+            def add(impl: str, member: str, task: str = task, seed: int = seed) -> None:
+                settings = resolve_settings(spec, budget, task, member)
+                out.append(Experiment(impl, member, task, seed, budget, settings))
+
+            if peers and p.get("base", True):
+                add("base", BASE)
+            for m in chosen:
+                if m in extra:
+                    continue
+                add("lorafam", m)
+                if peft_ok and MEMBERS[m].in_peft:
+                    add("peft", m)
+            if peers and p.get("full_ft", True) and (not members or FULL_FT in chosen):
+                add("full", FULL_FT)
+    return out
+
+
+def resolve_settings(spec: dict[str, Any], budget: str, task: str, member: str) -> dict[str, Any]:
+    """defaults ← budget ← task override ← member override (budget-only keys removed)."""
+    s = dict(spec["defaults"])
+    s.update({k: v for k, v in spec["budgets"][budget].items() if k not in ("tasks", "seeds")})
+    s.update((spec.get("task_overrides") or {}).get(task) or {})
+    s.update(_member_train_settings(member))
+    s.update((spec.get("member_overrides") or {}).get(member) or {})
+    if task in (spec.get("tasks") or {}):
+        s["user_task"] = dict(spec["tasks"][task])
+    return s
+
+
+def _member_train_settings(member: str) -> dict[str, Any]:
+    """Training settings a member's registry entry recommends (e.g. its learning rate)."""
+    from lorafam.family import MEMBERS
+
+    opts = MEMBERS[member].train_options if member in MEMBERS else {}
+    return {k: opts[k] for k in ("lr", "warmup_steps") if k in opts}
+
+
+def _has_peft() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("peft") is not None

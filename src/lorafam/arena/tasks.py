@@ -1,0 +1,309 @@
+"""The arena's tasks: generated from a seed, disjoint train/test splits, exact-match checkers.
+
+Three built-in skills, chosen so that the base model scores about zero and a small budget separates methods
+(measurements behind the choice: ``shared/ARENA-NOTES.md``):
+
+- ``add3``  (arithmetic): "What is 417 + 289? Reply with only the number." → ``706``.
+- ``json``  (structured extraction): a sentence about a person → a compact JSON object with four fixed fields.
+- ``kv``    (long-context retrieval): many ``key: value`` lines, then "what is the value of key X?" → the value.
+  The context (≈ 30 lines, 250+ tokens) is several times longer than S²-Attn's training group (¼ of the
+  sequence), so the answer line and the question usually fall in different groups.
+
+The test split depends only on the task's data seed (the same questions for every run); the training split
+depends on the run seed and never contains a test item (checked by key). A user task is a JSONL file pair
+(``{"prompt": ..., "answer": ...}`` per line) plus a checker name, declared in the arena spec.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import random
+import re
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorafam.core.config import closest
+
+
+@dataclass(frozen=True)
+class Example:
+    """One question and its gold answer (the answer is what the assistant should reply, verbatim)."""
+
+    prompt: str
+    answer: str
+    key: str  # identity used to keep train and test apart
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkers: (prediction, gold) -> correct?
+def check_exact(pred: str, gold: str) -> bool:
+    """Exact match after trimming surrounding whitespace."""
+    return pred.strip() == gold.strip()
+
+
+def check_json(pred: str, gold: str) -> bool:
+    """The first JSON object in the prediction equals the gold object (field order and spacing ignored)."""
+    match = re.search(r"\{.*\}", pred, flags=re.DOTALL)
+    if match is None:
+        return False
+    try:
+        return json.loads(match.group(0)) == json.loads(gold)
+    except json.JSONDecodeError:
+        return False
+
+
+def check_number(pred: str, gold: str) -> bool:
+    """The prediction is exactly one number (commas allowed) equal to the gold number."""
+    text = pred.strip().replace(",", "")
+    return re.fullmatch(r"-?\d+(\.\d+)?", text) is not None and float(text) == float(gold)
+
+
+CHECKERS: dict[str, Callable[[str, str], bool]] = {
+    "exact": check_exact,
+    "json": check_json,
+    "number": check_number,
+}
+
+
+def resolve_checker(name: str) -> Callable[[str, str], bool]:
+    """A built-in checker name, or ``"module:function"`` taking (prediction, gold) and returning a bool."""
+    if name in CHECKERS:
+        return CHECKERS[name]
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"checker {name!r}: cannot import it ({exc})") from exc
+    raise ValueError(f"unknown checker {name!r}.{closest(name, list(CHECKERS))} Valid: {', '.join(CHECKERS)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Task:
+    """A task: how to generate items, how to check them, how long answers are."""
+
+    name: str
+    skill: str  # "arithmetic" | "extraction" | "retrieval" | free text for user tasks
+    checker: str
+    max_new_tokens: int
+    make_item: Callable[[random.Random], Example] | None = None
+    train_file: str | None = None
+    test_file: str | None = None
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, pred: str, gold: str) -> bool:
+        return resolve_checker(self.checker)(pred, gold)
+
+    def split(self, n_train: int, n_test: int, seed: int, data_seed: int = 1234) -> tuple[list[Example], ...]:
+        """(train, test): the test items depend on ``data_seed`` only, the training items on ``seed``; no
+        training item shares a key with a test item."""
+        if self.make_item is None:
+            return self._split_files(n_train, n_test, seed)
+        test = _unique(self.make_item, random.Random(data_seed), n_test, set())
+        held = {ex.key for ex in test}
+        train = _unique(self.make_item, random.Random(1_000_003 * (seed + 1) + data_seed), n_train, held)
+        return train, test
+
+    def _split_files(self, n_train: int, n_test: int, seed: int) -> tuple[list[Example], ...]:
+        train_all = read_jsonl(self.train_file, self.name)
+        test = read_jsonl(self.test_file, self.name)[:n_test]
+        held = {ex.key for ex in test}
+        pool = [ex for ex in train_all if ex.key not in held]
+        random.Random(seed).shuffle(pool)
+        return pool[:n_train], test
+
+
+def _unique(make: Callable[[random.Random], Example], rng: random.Random, n: int, banned: set[str]) -> list:
+    out: list[Example] = []
+    seen = set(banned)
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 50 * n + 1000:
+            raise ValueError(f"could not generate {n} distinct items (the item space is too small)")
+        ex = make(rng)
+        if ex.key in seen:
+            continue
+        seen.add(ex.key)
+        out.append(ex)
+    return out
+
+
+def read_jsonl(path: str | None, task: str) -> list[Example]:
+    """Read ``{"prompt", "answer"}`` lines; errors name the file and line."""
+    if not path:
+        raise ValueError(f"task {task!r}: a user task needs both 'train_file' and 'test_file'")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"task {task!r}: no such file {str(p)!r}")
+    out: list[Example] = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            out.append(Example(str(row["prompt"]), str(row["answer"]), str(row.get("key", row["prompt"]))))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{p}:{i}: expected a JSON object with 'prompt' and 'answer' ({exc})") from exc
+    if not out:
+        raise ValueError(f"task {task!r}: {p} holds no items")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# built-in generators
+def _add3(rng: random.Random) -> Example:
+    a, b = rng.randint(100, 999), rng.randint(100, 999)
+    return Example(f"What is {a} + {b}? Reply with only the number.", str(a + b), f"{a}+{b}")
+
+
+_FIRST = [
+    "Maria",
+    "Ahmed",
+    "Chen",
+    "Olga",
+    "Pierre",
+    "Yuki",
+    "Amara",
+    "Lars",
+    "Ines",
+    "Tomas",
+    "Leila",
+    "Omar",
+    "Sofia",
+    "Ivan",
+    "Nadia",
+    "Kofi",
+    "Elena",
+    "Raj",
+]
+_LAST = [
+    "Lopez",
+    "Novak",
+    "Tanaka",
+    "Berg",
+    "Okafor",
+    "Rossi",
+    "Dubois",
+    "Kim",
+    "Silva",
+    "Haddad",
+    "Weber",
+    "Costa",
+    "Moreau",
+    "Ali",
+    "Jensen",
+    "Petrov",
+]
+_JOBS = [
+    "nurse",
+    "pilot",
+    "baker",
+    "teacher",
+    "plumber",
+    "chemist",
+    "lawyer",
+    "farmer",
+    "dentist",
+    "architect",
+    "librarian",
+    "welder",
+]
+_CITIES = [
+    "Lyon",
+    "Osaka",
+    "Porto",
+    "Quito",
+    "Oslo",
+    "Accra",
+    "Hanoi",
+    "Perth",
+    "Graz",
+    "Cusco",
+    "Tunis",
+    "Split",
+    "Leeds",
+    "Dakar",
+]
+_TEMPLATES = [
+    "{name} is a {age}-year-old {job} who lives in {city}.",
+    "At {age}, {name} works as a {job} in {city}.",
+    "{name}, {age}, has a job as a {job} and a flat in {city}.",
+    "Living in {city}, the {job} {name} turned {age} this year.",
+]
+
+
+def _json(rng: random.Random) -> Example:
+    name = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+    age, job, city = rng.randint(19, 79), rng.choice(_JOBS), rng.choice(_CITIES)
+    sentence = rng.choice(_TEMPLATES).format(name=name, age=age, job=job, city=city)
+    prompt = (
+        f'Extract the person as JSON with keys "name", "age", "job", "city". Reply with only the JSON.\n{sentence}'
+    )
+    gold = json.dumps({"name": name, "age": age, "job": job, "city": city}, separators=(", ", ": "))
+    return Example(prompt, gold, f"{name}|{age}|{job}|{city}")
+
+
+_SYL = ["ka", "ri", "mo", "tu", "le", "na", "po", "si", "ve", "do", "gu", "ba", "fe", "xi", "zo"]
+
+
+def _kv(rng: random.Random, lines: int = 30) -> Example:
+    keys: list[str] = []
+    while len(keys) < lines:
+        k = "".join(rng.choice(_SYL) for _ in range(3))
+        if k not in keys:
+            keys.append(k)
+    values = [str(rng.randint(1000, 9999)) for _ in keys]
+    asked = rng.randrange(lines)
+    body = "\n".join(f"{k}: {v}" for k, v in zip(keys, values))
+    prompt = f"{body}\nWhat is the value of key {keys[asked]}? Reply with only the value."
+    return Example(prompt, values[asked], f"{keys[asked]}={values[asked]}@{asked}|{zlib.crc32(body.encode()):08x}")
+
+
+def builtin_tasks() -> dict[str, Task]:
+    """The built-in tasks by name."""
+    return {
+        "add3": Task(
+            "add3", "arithmetic", "number", 6, _add3, description="sum of two 3-digit numbers, answer only"
+        ),
+        "json": Task(
+            "json", "extraction", "json", 40, _json, description="sentence → 4-field JSON (name, age, job, city)"
+        ),
+        "kv": Task("kv", "retrieval", "exact", 6, _kv, description="30 key: value lines, return one key's value"),
+    }
+
+
+def make_task(name: str, user_tasks: dict[str, dict[str, Any]] | None = None) -> Task:
+    """A built-in task or one declared under ``tasks:`` in the arena spec.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones) or a malformed user task.
+    """
+    builtin = builtin_tasks()
+    user_tasks = user_tasks or {}
+    if name in user_tasks:
+        d = dict(user_tasks[name])
+        allowed = {"train_file", "test_file", "checker", "max_new_tokens", "skill", "description"}
+        bad = set(d) - allowed
+        if bad:
+            raise ValueError(f"task {name!r}: unknown key(s) {sorted(bad)}; valid: {sorted(allowed)}")
+        resolve_checker(d.get("checker", "exact"))
+        return Task(
+            name=name,
+            skill=str(d.get("skill", "user")),
+            checker=str(d.get("checker", "exact")),
+            max_new_tokens=int(d.get("max_new_tokens", 32)),
+            train_file=d.get("train_file"),
+            test_file=d.get("test_file"),
+            description=str(d.get("description", "user task")),
+        )
+    if name in builtin:
+        return builtin[name]
+    valid = list(builtin) + list(user_tasks)
+    raise ValueError(f"unknown task {name!r}.{closest(name, valid)} Valid tasks: {', '.join(valid)}")

@@ -1,0 +1,186 @@
+"""One arena run, inside its own process: ``python -m lorafam.arena.worker EXPERIMENT.json RESULT.json``.
+
+Loads the base, builds the implementation, trains, evaluates, probes, and writes one result file (also when it
+fails: status "failed" with the error). Progress goes to stdout as ``@@progress <fraction>`` lines that the runner
+turns into the arena-wide progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from typing import Any
+
+from lorafam.arena.results import RunInfo, RunResult, TrainInfo, collect_meta, write_result
+from lorafam.arena.spec import Experiment
+
+
+def progress(fraction: float) -> None:
+    print(f"@@progress {fraction:.4f}", flush=True)
+
+
+def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
+    """Do the run and return its ``train_info`` (raises on failure)."""
+    import torch
+
+    from lorafam.arena import harness, probes
+    from lorafam.arena.formatting import batches, collate
+    from lorafam.arena.tasks import make_task
+    from lorafam.core.inject import count_params
+    from lorafam.core.precision import cast_frozen
+
+    s = exp.settings
+    device = torch.device(device_name)
+    torch.manual_seed(exp.seed)
+    random.seed(exp.seed)
+    task = make_task(exp.task, {exp.task: s["user_task"]} if "user_task" in s else None)
+    steps = 0 if exp.impl == "base" else int(s["steps"])
+    n_train = min(max(steps * int(s["batch_size"]), 1), 4000)
+    train_items, test_items = task.split(n_train, int(s["eval_items"]), exp.seed, int(s.get("data_seed", 1234)))
+    model, fmt = harness.load_base(s, device)
+    progress(0.04)
+    info = TrainInfo(settings=dict(s), steps=steps, test_items=len(test_items), extra={"member": exp.member})
+    gen_ids = probes.general_inputs(fmt, int(s.get("forget_prompts", 8))) if s.get("probes", True) else []
+    reference = probes.next_token_logprobs(model, gen_ids, fmt.pad_id, device) if gen_ids else []
+    built = harness.build(exp.impl, exp.member, model, s, fmt, steps)
+    if s.get("bf16", True):
+        cast_frozen(built.model)
+    model = built.model
+    info.adapter_config = built.adapter_config
+    info.trainable_params, info.total_params = count_params(model)
+    progress(0.08)
+
+    def evaluate(items: list) -> tuple[float, int, list[str]]:
+        preds = harness.generate(
+            model, fmt, [ex.prompt for ex in items], task.max_new_tokens, s, device, int(s.get("eval_batch", 20))
+        )
+        correct = sum(task.check(p, ex.answer) for p, ex in zip(preds, items))
+        return correct / max(len(items), 1), correct, preds
+
+    if steps:
+        encoded = [fmt.encode(ex) for ex in train_items]
+        data = [collate(b, fmt.pad_id) for b in batches(encoded, int(s["batch_size"]), steps, exp.seed)]
+        every = int(s.get("eval_every") or 0)
+        curve: list[list[float]] = []
+        chunks = [(a, min(a + every, steps)) for a in range(0, steps, every)] if every else [(0, steps)]
+        timing = {"loss_curve": [], "train_seconds": 0.0, "tokens": 0.0}
+        for a, b in chunks:
+
+            def on_step(step: int, loss: float, a: int = a) -> None:
+                progress(0.08 + 0.62 * (a + step) / steps)
+
+            part = harness.train(built, data[a:b], s, device, on_step)
+            timing["loss_curve"] += [[a + st, loss] for st, loss in part["loss_curve"]]
+            timing["train_seconds"] += part["train_seconds"]
+            timing["tokens"] += (part["tokens_per_second"] or 0.0) * part["train_seconds"]
+            if every and b < steps:
+                curve.append([b, evaluate(test_items)[0]])
+        info.loss_curve = timing["loss_curve"]
+        info.final_loss = info.loss_curve[-1][1]
+        info.train_seconds = timing["train_seconds"]
+        info.seconds_per_step = info.train_seconds / steps
+        info.tokens_per_second = timing["tokens"] / info.train_seconds if info.train_seconds else None
+        info.eval_curve = curve
+    acc, correct, preds = evaluate(test_items)
+    info.accuracy, info.correct = acc, correct
+    info.eval_curve.append([steps, acc])
+    info.samples = [
+        {"prompt": ex.prompt[-160:], "gold": ex.answer, "pred": p} for ex, p in zip(test_items[:3], preds)
+    ]
+    progress(0.85)
+    if s.get("probes", True):
+        _probes(info, built, fmt, gen_ids, reference, test_items, s, device)
+    progress(1.0)
+    return info
+
+
+def _probes(
+    info: TrainInfo,
+    built: Any,
+    fmt: Any,
+    gen_ids: list,
+    reference: list,
+    test_items: list,
+    s: dict[str, Any],
+    device: Any,
+) -> None:
+    from lorafam.arena import probes
+
+    model = built.model
+    if reference:
+        tuned = probes.next_token_logprobs(model, gen_ids, fmt.pad_id, device, s)
+        info.forgetting_kl, info.forgetting_top1 = probes.forgetting(reference, tuned)
+    prompt = fmt.encode_prompt(test_items[0].prompt)
+    n = int(s.get("decode_tokens", 16))
+    info.decode_tokens_per_s = probes.decode_speed(model, prompt, n, fmt.pad_id, device, s)
+    if built.disabled is not None:
+        with built.disabled():
+            info.decode_tokens_per_s_base = probes.decode_speed(model, prompt, n, fmt.pad_id, device, s)
+    info.adapter_bytes = probes.adapter_bytes(built)
+    if info.adapter_bytes is None and info.trainable_params == info.total_params and info.total_params:
+        info.extra["checkpoint_bytes_bf16_computed"] = 2 * info.total_params  # full FT: the whole model, bf16
+    storage = probes.base_weight_storage(built.adapted_bases)
+    if storage is not None:
+        info.base_weight_bytes = storage[0]
+        info.extra["base_weight_numel"] = storage[1]
+    info.mergeable = built.mergeable
+    if built.not_mergeable_reason:
+        info.extra["not_mergeable_reason"] = built.not_mergeable_reason
+    info.merge_seconds = probes.merge_seconds(built)
+    if info.settings and built.adapter_config and "peft_type" not in built.adapter_config:
+        info.extra["param_scaling"] = probes.param_scaling(info.extra.get("member", ""), s, fmt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m lorafam.arena.worker EXPERIMENT.json RESULT.json", file=sys.stderr)
+        return 2
+    with open(argv[0], encoding="utf-8") as fh:
+        d = json.load(fh)
+    exp = Experiment.from_dict(d["experiment"])
+    device = d.get("device", "cpu")
+    import torch
+
+    threads = int(exp.settings.get("threads", 2))
+    torch.set_num_threads(threads)
+    run = RunInfo(
+        exp.run_id,
+        exp.impl,
+        exp.member,
+        exp.task,
+        exp.seed,
+        exp.budget,
+        exp.spec_hash,
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        threads=threads,
+        device=device,
+        command=d.get("command", []),
+    )
+    start = time.perf_counter()
+    code = 0
+    try:
+        info = run_experiment(exp, device)
+        run.status = "ok"
+    except Exception as exc:  # noqa: BLE001 - a failed run is a result, recorded with its error
+        from lorafam.arena.harness import PeerUnavailable
+
+        info = TrainInfo(settings=dict(exp.settings))
+        run.status = "skipped" if isinstance(exc, PeerUnavailable) else "failed"
+        run.error = f"{type(exc).__name__}: {exc}"
+        if run.status == "failed":
+            info.extra["traceback"] = traceback.format_exc()[-4000:]
+            code = 1
+    run.duration_s = time.perf_counter() - start
+    run.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    write_result(argv[1], RunResult(run, info, collect_meta(device)))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

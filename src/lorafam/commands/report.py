@@ -1,0 +1,26 @@
+"""``lorafam report``: turn arena results into the LoRA family history article (zh + en, Markdown + HTML)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", default="arena-results", help="arena results folder (default: arena-results)")
+    p.add_argument("--budget", default=None, help="which budget's runs (default: the last arena's)")
+    p.add_argument("--out", default=None, help="output folder (default: <results>/report)")
+    p.add_argument("--bench", default="benchmarks/results", help="benchmark results folder reused for probes")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lorafam.report.build import build_report
+
+    try:
+        paths = build_report(args.results, args.out, args.budget, args.bench)
+    except ValueError as exc:
+        print(f"lorafam report: {exc}", file=sys.stderr)
+        return 2
+    for key in ("en.html", "zh.html", "en.md", "zh.md", "data"):
+        print(f"{key:8s} {paths[key]}")
+    return 0

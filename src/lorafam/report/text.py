@@ -1,0 +1,367 @@
+"""The report's words, per language. One data model, two template sets; numbers are filled in, never invented.
+
+A missing number renders as "—" (see :func:`say`).
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+
+class _Safe(string.Formatter):
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if value is None:
+            return "—"
+        try:
+            return super().format_field(value, format_spec)
+        except (ValueError, TypeError):
+            return str(value)
+
+
+def say(lang: str, table: dict[str, dict[str, str]], key: str, **args: Any) -> str:
+    return _Safe().format(table[lang][key], **args)
+
+
+VERDICTS = {
+    "en": {
+        "supported": "supported",
+        "contradicted": "contradicted",
+        "mixed": "mixed",
+        "not measurable here": "not measurable here",
+    },
+    "zh": {
+        "supported": "成立",
+        "contradicted": "不成立",
+        "mixed": "部分成立",
+        "not measurable here": "此处无法测量",
+    },
+}
+
+UI: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "The LoRA family, measured: a history with numbers",
+        "lede": "Every member of the LoRA family was trained on the same tasks, with the same budget, on the same "
+        "machine, and measured. Each comment below is computed from those records by explicit rules, or cites a "
+        "source. Budget: **{budget}** — {runs} runs ({ok} ok, {failed} failed, {skipped} skipped).",
+        "cannot_rank": "**Read this first.** This is the *{budget}* budget: {steps} steps, {seeds} seed(s), "
+        "{items} test items per task. At this size the noise floor is about ±{floor:.0f} points of accuracy, so "
+        "the league table below **cannot rank the members**; differences inside the floor are noise. Run "
+        "`lorafam arena --budget standard` for a ranking.",
+        "tree": "The family tree",
+        "tree_intro": "Who came from whom, from the registry (year, origin, venue, idea).",
+        "chapters": "The members, one by one",
+        "league": "The league table",
+        "league_intro": "Mean over seeds; ± is the seed spread (sample standard deviation) when there are two or "
+        "more seeds. Accuracy is exact match on held-out items. KL is the forgetting probe (nats/token, base ‖ "
+        "tuned, on {n} fixed general prompts); the base row's KL is the bf16 noise floor of the probe itself.",
+        "plots": "Plots",
+        "claims": "Claims check",
+        "notes": "Method notes",
+        "failed": "Failed and skipped runs",
+        "kept": "Runs kept apart",
+        "kept_intro": "These result files come from another lorafam version or machine "
+        "and are not mixed into any table:",
+        "col_member": "member",
+        "col_params": "trainable params",
+        "col_rss": "peak RSS (MB)",
+        "col_step": "s/step",
+        "col_tok": "tokens/s",
+        "col_kl": "KL",
+        "col_size": "adapter (MB)",
+        "col_decode": "decode tok/s (vs base)",
+        "col_merge": "merge (s)",
+        "col_year": "year",
+        "col_origin": "origin",
+        "col_venue": "venue",
+        "col_idea": "idea",
+        "col_parent": "parent",
+        "col_claim": "claim",
+        "col_verdict": "verdict",
+        "col_evidence": "numbers behind it",
+        "col_source": "source",
+        "col_status": "status",
+        "col_error": "error",
+        "col_run": "run",
+        "fig_tree": "Family timeline (registry)",
+        "fig_curve": "Exact match vs training steps",
+        "fig_pareto": "Trainable parameters vs accuracy (Pareto front dashed)",
+        "fig_mem": "Peak memory per run",
+        "fig_ttft": "aLoRA time-to-first-token vs history (from {file})",
+        "fig_s2": "S²-Attn step time vs context length (from {file})",
+        "no_fig": "Not plotted: {why}.",
+        "chapter_what": "**What it changes.** {idea} ({origin}, {venue}; arXiv {arxiv}).",
+        "chapter_nums": "**Measured here.** {acc_text}; {params:,} trainable parameters ({pct:.2f}% of the "
+        "model); {step:.2f} s/step ({step_ratio:.2f}× LoRA); peak RSS {rss:.0f} MB; forgetting KL {kl:.3f}; "
+        "adapter file {mb:.2f} MB; {merge}.",
+        "chapter_peft": "The same member through Hugging Face PEFT, same harness: {acc_text}, {step:.2f} s/step "
+        "(ours/PEFT step-time ratio {ratio:.2f}).",
+        "acc_text": "exact match {tasks}",
+        "merge_yes": "merges in {s:.3f} s",
+        "merge_no": "cannot be merged ({why})",
+        "pick_intro": "**When to pick it.** ",
+        "pick_params": "when adapter storage matters: {ratio:.2f}× LoRA's parameters",
+        "pick_acc": "it beat LoRA by {diff:+.1f} points on {task} (beyond the ±{floor:.1f} floor)",
+        "pick_forget": "when keeping general behaviour matters: KL {kl:.3f} vs LoRA's {lkl:.3f}",
+        "pick_worse": "not for accuracy at this budget: {diff:+.1f} points vs LoRA on {task} (floor ±{floor:.1f})",
+        "pick_nothing": "At this budget nothing separated it from LoRA beyond noise; its case rests on its paper's "
+        "setting (arXiv {arxiv}).",
+        "pick_reference": "It is the reference the others are measured against.",
+        "pick_slow": "it costs {ratio:.2f}× LoRA's step time",
+        "pick_nomerge": "it cannot be merged, so serving keeps the adapter's extra compute",
+        "no_results": "No successful run of this member in these records.",
+        "notes_budget": "Budget **{budget}**: tasks {tasks}; seeds {seeds}; settings shared by the adapter runs: "
+        "{settings}.",
+        "notes_machine": "Machine: {cpu}, {cores} cores, {ram} GiB RAM; threads per run: {threads}; "
+        "device: {device}. Versions: lorafam {version} (git {commit}{dirty}), {packages}, Python {python}.",
+        "notes_cmd": "Reproduce:",
+        "notes_wall": "The arena took {seconds:.0f} s of wall time.",
+        "notes_harness": "All implementations share one harness (same data order, warm-up, clipping, bf16 "
+        "regime with the frozen base stored in bf16, batched greedy decoding); they differ only in how the model "
+        "is built. Each run is its own process; peak RSS is that process's kernel-reported maximum.",
+        "notes_bench": "Probe files reused from benchmarks/results: {files}.",
+        "dirty": ", uncommitted changes",
+        "pareto_none": "no accuracy above zero yet",
+    },
+    "zh": {
+        "title": "LoRA 家族实测：一部带数字的历史",
+        "lede": "LoRA 家族的每一位成员都在同一台机器上、用同样的任务和同样的预算训练并测量。下文每一句评论都由这些记录"
+        "按明确的规则计算得出，或者注明了出处。预算：**{budget}** —— 共 {runs} 次运行（成功 {ok}，失败 {failed}，"
+        "跳过 {skipped}）。",
+        "cannot_rank": "**请先读这一段。** 这是 *{budget}* 预算：{steps} 步、{seeds} 个随机种子、每个任务 {items} "
+        "道测试题。在这个规模下，噪声下限约为 ±{floor:.0f} 个百分点的准确率，因此下面的排行榜**无法给成员排名**；"
+        "落在噪声下限以内的差异只是噪声。要排名请运行 `lorafam arena --budget standard`。",
+        "tree": "家族谱系",
+        "tree_intro": "谁源自谁，数据取自注册表（年份、机构、发表处、核心想法）。",
+        "chapters": "成员逐一介绍",
+        "league": "排行榜",
+        "league_intro": "数值为各种子的平均；有两个及以上种子时，± 为种子间的样本标准差。准确率是留出题目上的完全匹配率。"
+        "KL 为遗忘探针（每 token 的 nats，基座 ‖ 微调后，在 {n} 条固定的通用提示上）；基座一行的 KL 是探针本身在 bf16 "
+        "下的噪声下限。",
+        "plots": "图表",
+        "claims": "说法核查",
+        "notes": "方法说明",
+        "failed": "失败与跳过的运行",
+        "kept": "单独存放的运行",
+        "kept_intro": "以下结果文件来自其他 lorafam 版本或其他机器，没有混入任何表格：",
+        "col_member": "成员",
+        "col_params": "可训练参数",
+        "col_rss": "峰值内存 RSS (MB)",
+        "col_step": "秒/步",
+        "col_tok": "tokens/秒",
+        "col_kl": "KL",
+        "col_size": "适配器 (MB)",
+        "col_decode": "解码 tok/s（相对基座）",
+        "col_merge": "合并 (秒)",
+        "col_year": "年份",
+        "col_origin": "机构",
+        "col_venue": "发表处",
+        "col_idea": "核心想法",
+        "col_parent": "父方法",
+        "col_claim": "说法",
+        "col_verdict": "结论",
+        "col_evidence": "背后的数字",
+        "col_source": "出处",
+        "col_status": "状态",
+        "col_error": "错误",
+        "col_run": "运行",
+        "fig_tree": "家族时间线（注册表）",
+        "fig_curve": "完全匹配率随训练步数的变化",
+        "fig_pareto": "可训练参数与准确率（虚线为帕累托前沿）",
+        "fig_mem": "每次运行的峰值内存",
+        "fig_ttft": "aLoRA 首 token 延迟随历史长度的变化（来自 {file}）",
+        "fig_s2": "S²-Attn 每步时间随上下文长度的变化（来自 {file}）",
+        "no_fig": "未绘制：{why}。",
+        "chapter_what": "**它改变了什么。** {idea}（{origin}，{venue}；arXiv {arxiv}）。",
+        "chapter_nums": "**本次实测。** {acc_text}；可训练参数 {params:,} 个（占模型 {pct:.2f}%）；每步 {step:.2f} 秒"
+        "（LoRA 的 {step_ratio:.2f} 倍）；峰值内存 {rss:.0f} MB；遗忘 KL {kl:.3f}；适配器文件 {mb:.2f} MB；{merge}。",
+        "chapter_peft": "同一成员通过 Hugging Face PEFT、在同一套测试框架下运行：{acc_text}，每步 {step:.2f} 秒"
+        "（我们与 PEFT 的每步时间之比 {ratio:.2f}）。",
+        "acc_text": "完全匹配率 {tasks}",
+        "merge_yes": "合并耗时 {s:.3f} 秒",
+        "merge_no": "无法合并（{why}）",
+        "pick_intro": "**什么时候选它。** ",
+        "pick_params": "在意适配器存储时：参数量是 LoRA 的 {ratio:.2f} 倍",
+        "pick_acc": "它在 {task} 上比 LoRA 高 {diff:+.1f} 个百分点（超出 ±{floor:.1f} 的噪声下限）",
+        "pick_forget": "在意保留通用能力时：KL 为 {kl:.3f}，LoRA 为 {lkl:.3f}",
+        "pick_worse": "在这个预算下不适合追求准确率：在 {task} 上比 LoRA {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）",
+        "pick_nothing": "在这个预算下，它与 LoRA 的差别都没有超出噪声；它的优势要看论文里的设定（arXiv {arxiv}）。",
+        "pick_reference": "它是其他成员比较的基准。",
+        "pick_slow": "每步时间是 LoRA 的 {ratio:.2f} 倍",
+        "pick_nomerge": "它无法合并，部署时适配器的额外计算一直存在",
+        "no_results": "这些记录里没有该成员的成功运行。",
+        "notes_budget": "预算 **{budget}**：任务 {tasks}；种子 {seeds}；适配器运行共用的设置：{settings}。",
+        "notes_machine": "机器：{cpu}，{cores} 核，{ram} GiB 内存；每次运行的线程数：{threads}；设备：{device}。"
+        "版本：lorafam {version}（git {commit}{dirty}），{packages}，Python {python}。",
+        "notes_cmd": "复现命令：",
+        "notes_wall": "整个竞技场耗时 {seconds:.0f} 秒。",
+        "notes_harness": "所有实现共用同一套测试框架（相同的数据顺序、预热、梯度裁剪、bf16 方案——冻结的基座以 bf16 "
+        "存储、批量贪心解码）；区别只在于模型如何构建。每次运行是一个独立进程；峰值内存取自内核对该进程的统计。",
+        "notes_bench": "复用了 benchmarks/results 中的探针结果文件：{files}。",
+        "dirty": "，有未提交的修改",
+        "pareto_none": "目前没有高于零的准确率",
+    },
+}
+
+CLAIMS: dict[str, dict[str, str]] = {
+    "en": {
+        "lora_two_matrices": "LoRA freezes the base model and trains two small matrices.",
+        "lora_forgets": "LoRA makes the model forget general knowledge.",
+        "qlora_quarter": "QLoRA's 4-bit base takes 1/4 of the memory of a 16-bit base.",
+        "qlora_70b": "QLoRA lets a 24 GB card fine-tune a 70B model.",
+        "loraplus": "LoRA+ doubles training speed and adds 1–2 points.",
+        "dora_vs_full": "DoRA beats full fine-tuning on many tasks.",
+        "adalora_unstable": "AdaLoRA is very unstable.",
+        "longlora": "LongLoRA's sliced attention breaks long-range reasoning.",
+        "quantum": "Quantum-PEFT uses 1/10 of LoRA's parameters at equal quality, and grows logarithmically.",
+        "mopeft": "MoPEFT routes each input to the best module.",
+        "alora": "aLoRA keeps latency constant however long the chat.",
+        "full_ft": "Full fine-tuning is slow and expensive.",
+        "adapter_size": "Adapters are a few hundred MB.",
+        "b_longlora_plus": "LongLoRA's “LoRA+” is the LoRA+ of Hayou et al.",
+        "b_longlora_100k": "LongLoRA extended Llama-2 7B to 100k context with LoRA.",
+        "b_mopeft_venue": "MoPEFT is a CVPR paper.",
+        "b_alora_venue": "aLoRA (IBM) is a peer-reviewed conference paper.",
+        "b_quantum_code": "Quantum-PEFT (ICLR 2025) comes with public code.",
+    },
+    "zh": {
+        "lora_two_matrices": "LoRA 冻结基座模型，只训练两个小矩阵。",
+        "lora_forgets": "LoRA 会让模型遗忘通用知识。",
+        "qlora_quarter": "QLoRA 的 4 比特基座只占 16 比特基座 1/4 的内存。",
+        "qlora_70b": "QLoRA 让一张 24 GB 的显卡就能微调 70B 模型。",
+        "loraplus": "LoRA+ 让训练速度翻倍，还能多涨 1–2 个点。",
+        "dora_vs_full": "DoRA 在许多任务上胜过全量微调。",
+        "adalora_unstable": "AdaLoRA 非常不稳定。",
+        "longlora": "LongLoRA 的分片注意力会破坏长程推理。",
+        "quantum": "Quantum-PEFT 只用 LoRA 1/10 的参数就达到同等质量，且参数量按对数增长。",
+        "mopeft": "MoPEFT 会把每个输入路由到最合适的模块。",
+        "alora": "无论对话多长，aLoRA 都能保持延迟不变。",
+        "full_ft": "全量微调又慢又贵。",
+        "adapter_size": "适配器文件有几百 MB。",
+        "b_longlora_plus": "LongLoRA 里的“LoRA+”就是 Hayou 等人提出的 LoRA+。",
+        "b_longlora_100k": "LongLoRA 用 LoRA 把 Llama-2 7B 扩展到了 100k 上下文。",
+        "b_mopeft_venue": "MoPEFT 是一篇 CVPR 论文。",
+        "b_alora_venue": "aLoRA（IBM）是经过同行评审的会议论文。",
+        "b_quantum_code": "Quantum-PEFT（ICLR 2025）公开了代码。",
+    },
+}
+
+REASONS: dict[str, dict[str, str]] = {
+    "en": {
+        "no_run": "No successful {member} run in these records.",
+        "lora_frozen": "{trainable:,} of {total:,} parameters train ({pct:.2f}%): the rank-{rank} A and B of each "
+        "adapted layer; every base weight is frozen.",
+        "no_drift": "KL to the base is {kl:.4f} nats/token against a probe floor of {floor:.4f}: no measurable "
+        "forgetting at this budget (full fine-tuning: {full_kl:.4f}).",
+        "drift_more_than_full": "KL {kl:.3f} nats/token (top-1 agreement {top1:.2f}) — more drift than full "
+        "fine-tuning's {full_kl:.3f} on the same data. It does move general behaviour.",
+        "drift": "KL {kl:.3f} nats/token (top-1 agreement {top1:.2f}), full fine-tuning {full_kl:.3f}: LoRA moves "
+        "general behaviour, but not more than full fine-tuning here.",
+        "small_drift": "KL {kl:.3f} nats/token (top-1 agreement {top1:.2f}) above a floor of {floor:.4f}: a small "
+        "drift, not wholesale forgetting.",
+        "quarter": "Measured storage of the adapted layers' frozen weights: {bits:.3f} bits/weight for {member} vs "
+        "{ref_bits:.1f} for the bf16 base — {ratio:.3f}×. The block scales cost the extra bit fraction; "
+        "embeddings and norms stay in 16-bit.",
+        "weights_alone": "At the measured {bits:.3f} bits/weight, the 70B weights alone need {weights_gib:.1f} GiB "
+        "— more than 24 GB before activations or optimizer state (estimator total: {estimate_gib:.1f} GiB). The "
+        "QLoRA paper's own claim is 65B on one 48 GB GPU.",
+        "plus_both": "{diff:+.1f} points on {task} (floor ±{floor:.1f}); it reached LoRA's final loss "
+        "{speedup:.1f}× sooner in steps; per-step time ratio {step_ratio:.2f}.",
+        "plus_worse": "{diff:+.1f} points vs LoRA on {task} (floor ±{floor:.1f}): worse here.",
+        "plus_within_noise": "{diff:+.1f} points vs LoRA on {task}, inside the ±{floor:.1f} noise floor; steps to "
+        "LoRA's final loss: {speedup:.2f}× faster; per-step time ratio {step_ratio:.2f} (same cost per step). "
+        "Not separable at {steps:.0f} steps.",
+        "plus_partial": "{diff:+.1f} points on {task} (floor ±{floor:.1f}); reached LoRA's final loss {speedup:.2f}× "
+        "sooner; per-step time ratio {step_ratio:.2f}. Part of the claim holds.",
+        "dora_wins": "DoRA − full fine-tuning per task (points, ± floor): {diffs}. Ahead on {wins} of {tasks}.",
+        "dora_loses": "DoRA − full fine-tuning per task (points, ± floor): {diffs}. Behind on {losses} of {tasks}.",
+        "dora_ties": "DoRA − full fine-tuning per task (points, ± floor): {diffs}. No task separates them.",
+        "ada_failed": "{failed} of {runs} AdaLoRA runs failed or diverged.",
+        "ada_calm": "{runs} AdaLoRA run(s), none failed; loss spikes per run {spikes:.1f} vs LoRA's {lora_spikes:.1f}; "
+        "seed spread {sd:.3f} vs LoRA's {lora_sd:.3f} (lr {lr}). Not unstable here.",
+        "ada_noisy": "No failures, but loss spikes per run {spikes:.1f} vs LoRA's {lora_spikes:.1f} and seed spread "
+        "{sd:.3f} vs {lora_sd:.3f}: noisier than LoRA.",
+        "needs_kv": "Needs the long-context kv task (not in this budget); run `lorafam arena --budget standard`.",
+        "ll_kv": "On kv retrieval, evaluated with full attention: LongLoRA − LoRA = {diff:+.1f} points (floor "
+        "±{floor:.1f}).",
+        "q_params": "Trainable parameters {ratio:.3f}× LoRA's; accuracy {diff:+.1f} points vs LoRA (floor "
+        "±{floor:.1f}); growth exponent of the parameter count in the layer width: {slope:.2f} (1 = linear like "
+        "LoRA, near 0 = logarithmic).",
+        "soft_gates": "Our MoPEFT gates ({router} router, top_k={top_k}) weight every submodule softly rather than "
+        "picking one, as the paper describes learned gates that activate or weight submodules; vs LoRA "
+        "{diff:+.1f} points (floor ±{floor:.1f}).",
+        "topk_gates": "Gates keep the top {top_k} submodules ({router} router) — learned, not an oracle 'best'; vs "
+        "LoRA {diff:+.1f} points (floor ±{floor:.1f}).",
+        "needs_bench": "Needs the TTFT probe results file ({script}); none found.",
+        "ttft": "From {file}: from history {x0:.0f} to {x1:.0f} tokens, TTFT grows {flat:.2f}× for "
+        "{flat_name} and {steep:.2f}× for {steep_name}. Constant only with prefix reuse.",
+        "ft_cost": "Full fine-tuning vs LoRA, same data: {step:.2f}× the step time, {rss:.2f}× the peak memory, "
+        "{params:.0f}× the trainable parameters, checkpoint {ckpt_ratio:.0f}× the adapter file.",
+        "size": "Measured LoRA r={rank} adapter on SmolLM2-135M: {mb:.1f} MB ({per_param:.1f} bytes/param). The same "
+        "rank on all 7 projections of Llama-2-7B would be ≈{mb7:.0f} MB: tens of MB for small models, hundreds only "
+        "at 7B and above.",
+        "b_longlora_plus": "No: LongLoRA's “LoRA+” means LoRA plus trainable embeddings and norms; Hayou et al.'s "
+        "LoRA+ is a learning-rate ratio. Same name, different idea.",
+        "b_longlora_100k": "The 7B-100k model in LongLoRA's release is a full fine-tune; the LoRA+ checkpoints go up to "
+        "13B-64k and 70B-32k.",
+        "b_mopeft_venue": "It is a CVPR *workshop* paper, and the year is ambiguous: arXiv says the 2024 workshop, "
+        "the proceedings list it in CVPRW 2025.",
+        "b_alora_venue": "Our registry records it as an arXiv preprint (2025); we found no peer-reviewed venue.",
+        "b_quantum_code": "The paper is at ICLR 2025, but we found no official public code; our implementation "
+        "follows the abstract and secondary descriptions.",
+    },
+    "zh": {
+        "no_run": "这些记录中没有 {member} 的成功运行。",
+        "lora_frozen": "{total:,} 个参数中只有 {trainable:,} 个参与训练（{pct:.2f}%）：即每个被适配层的秩为 {rank} 的 A "
+        "和 B；所有基座权重都被冻结。",
+        "no_drift": "与基座的 KL 为每 token {kl:.4f} nats，探针噪声下限为 {floor:.4f}：在这个预算下测不到遗忘"
+        "（全量微调：{full_kl:.4f}）。",
+        "drift_more_than_full": "KL 为每 token {kl:.3f} nats（top-1 一致率 {top1:.2f}），比同样数据上全量微调的 "
+        "{full_kl:.3f} 漂移更大。它确实改变了通用行为。",
+        "drift": "KL 为每 token {kl:.3f} nats（top-1 一致率 {top1:.2f}），全量微调为 {full_kl:.3f}：LoRA 会改变通用行为，"
+        "但这里并不比全量微调更多。",
+        "small_drift": "KL 为每 token {kl:.3f} nats（top-1 一致率 {top1:.2f}），噪声下限 {floor:.4f}：有小幅漂移，"
+        "谈不上大面积遗忘。",
+        "quarter": "实测被适配层冻结权重的存储：{member} 为每个权重 {bits:.3f} 比特，bf16 基座为 {ref_bits:.1f} 比特——"
+        "{ratio:.3f} 倍。多出来的零头来自分块缩放因子；嵌入层和归一化层仍是 16 比特。",
+        "weights_alone": "按实测的每权重 {bits:.3f} 比特，70B 模型仅权重就需要 {weights_gib:.1f} GiB——还没算激活值和"
+        "优化器状态就已超过 24 GB（估算器总计：{estimate_gib:.1f} GiB）。QLoRA 论文自己的说法是单张 48 GB 显卡微调 65B。",
+        "plus_both": "在 {task} 上 {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）；达到 LoRA 最终损失所需步数快 "
+        "{speedup:.1f} 倍；每步时间之比 {step_ratio:.2f}。",
+        "plus_worse": "在 {task} 上比 LoRA {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）：这里反而更差。",
+        "plus_within_noise": "在 {task} 上比 LoRA {diff:+.1f} 个百分点，落在 ±{floor:.1f} 的噪声下限以内；达到 LoRA "
+        "最终损失的步数快 {speedup:.2f} 倍；每步时间之比 {step_ratio:.2f}（每步成本相同）。{steps:.0f} 步时无法区分。",
+        "plus_partial": "在 {task} 上 {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）；达到 LoRA 最终损失快 {speedup:.2f} 倍；"
+        "每步时间之比 {step_ratio:.2f}。说法部分成立。",
+        "dora_wins": "各任务上 DoRA − 全量微调（百分点，± 噪声下限）：{diffs}。{tasks} 个任务中领先 {wins} 个。",
+        "dora_loses": "各任务上 DoRA − 全量微调（百分点，± 噪声下限）：{diffs}。{tasks} 个任务中落后 {losses} 个。",
+        "dora_ties": "各任务上 DoRA − 全量微调（百分点，± 噪声下限）：{diffs}。没有任务能区分两者。",
+        "ada_failed": "{runs} 次 AdaLoRA 运行中有 {failed} 次失败或发散。",
+        "ada_calm": "{runs} 次 AdaLoRA 运行，无一失败；每次运行的损失尖峰 {spikes:.1f} 次，LoRA 为 {lora_spikes:.1f} 次；"
+        "种子间波动 {sd:.3f}，LoRA 为 {lora_sd:.3f}（学习率 {lr}）。这里并不不稳定。",
+        "ada_noisy": "没有失败，但每次运行的损失尖峰 {spikes:.1f} 次（LoRA {lora_spikes:.1f} 次），种子间波动 {sd:.3f}"
+        "（LoRA {lora_sd:.3f}）：比 LoRA 更嘈杂。",
+        "needs_kv": "需要长上下文 kv 任务（本预算未包含）；请运行 `lorafam arena --budget standard`。",
+        "ll_kv": "在 kv 检索任务上、用完整注意力评测：LongLoRA − LoRA = {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）。",
+        "q_params": "可训练参数是 LoRA 的 {ratio:.3f} 倍；准确率比 LoRA {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）；"
+        "参数量随层宽增长的指数为 {slope:.2f}（1 表示像 LoRA 那样线性，接近 0 表示对数增长）。",
+        "soft_gates": "我们的 MoPEFT 门控（{router} 路由，top_k={top_k}）对所有子模块做软加权，而不是挑出一个；论文描述的"
+        "也是学习得到的、激活或加权子模块的门控。相对 LoRA {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）。",
+        "topk_gates": "门控保留前 {top_k} 个子模块（{router} 路由）——是学出来的，不是预知“最佳”；相对 LoRA "
+        "{diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）。",
+        "needs_bench": "需要首 token 延迟探针的结果文件（{script}）；未找到。",
+        "ttft": "来自 {file}：历史从 {x0:.0f} 增加到 {x1:.0f} 个 token 时，{flat_name} 的首 token 延迟增长 {flat:.2f} 倍，"
+        "{steep_name} 增长 {steep:.2f} 倍。只有复用前缀缓存时才近乎不变。",
+        "ft_cost": "同样数据下全量微调与 LoRA 相比：每步时间 {step:.2f} 倍，峰值内存 {rss:.2f} 倍，可训练参数 {params:.0f} "
+        "倍，检查点大小是适配器文件的 {ckpt_ratio:.0f} 倍。",
+        "size": "实测 SmolLM2-135M 上 r={rank} 的 LoRA 适配器：{mb:.1f} MB（每参数 {per_param:.1f} 字节）。同样的秩放到 "
+        "Llama-2-7B 的全部 7 个投影上约为 {mb7:.0f} MB：小模型是几十 MB，7B 及以上才到几百 MB。",
+        "b_longlora_plus": "不是：LongLoRA 的“LoRA+”指 LoRA 加上可训练的嵌入层和归一化层；Hayou 等人的 LoRA+ 是学习率"
+        "比例。名字相同，想法不同。",
+        "b_longlora_100k": "LongLoRA 发布的 7B-100k 模型是全量微调；LoRA+ 检查点最高到 13B-64k 和 70B-32k。",
+        "b_mopeft_venue": "它是 CVPR 的*研讨会（workshop）*论文，且年份有歧义：arXiv 写的是 2024 年研讨会，论文集把它"
+        "列在 CVPRW 2025。",
+        "b_alora_venue": "我们的注册表记录它为 arXiv 预印本（2025）；没有找到同行评审的发表处。",
+        "b_quantum_code": "论文发表于 ICLR 2025，但我们没有找到官方公开代码；我们的实现依据摘要和二手描述。",
+    },
+}

@@ -13,6 +13,15 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "family": ("lorafam.commands.family", "list the family members with year, origin and idea"),
+    "quickstart": ("lorafam.commands.quickstart", "train LoRA on the bundled dataset and show before/after"),
+    "train": ("lorafam.commands.train", "train an adapter from a YAML config (key=value overrides after it)"),
+    "preprocess": ("lorafam.commands.preprocess", "tokenise a config's dataset; --debug shows tokens and mask"),
+    "generate": ("lorafam.commands.generate", "generate from a prompt with the base model and an adapter"),
+    "chat": ("lorafam.commands.chat", "chat in the terminal (chat template, streaming) with an adapter"),
+    "merge": ("lorafam.commands.merge", "merge an adapter into its base and save a plain model folder"),
+    "estimate": ("lorafam.commands.estimate", "estimate training memory for a config before running it"),
+    "arena": ("lorafam.commands.arena", "train every member on the same tasks and budget; record the results"),
+    "report": ("lorafam.commands.report", "write the LoRA family history article (zh + en) from arena results"),
 }
 
 

@@ -79,11 +79,11 @@ class LongLoraAdapter(LoraAdapter):
     def on_attach(cls, model: nn.Module, config: AdapterConfig, name: str) -> None:
         assert isinstance(config, LongLoraConfig)
         state: dict[str, Any] = {"previous_attn": None, "extra": {}}
+        if config.target_context is not None:  # first: it validates before anything attention-related changes
+            apply_position_interpolation(model, config.target_context)
         if config.s2attn:
             settings = s2attn.S2AttnSettings(config.group_size_ratio, config.shift_wraparound)
             state["previous_attn"] = s2attn.enable(model, settings)
-        if config.target_context is not None:
-            apply_position_interpolation(model, config.target_context)
         if config.trainable_embeddings_and_norms:
             state["extra"] = embedding_and_norm_params(model)
             extra = dict(getattr(model, "lorafam_extra_trainable", {}))

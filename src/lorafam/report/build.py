@@ -16,7 +16,7 @@ from lorafam.report import claims as C
 from lorafam.report import plots
 from lorafam.report.data import ReportData, Row, load, noise_floor, spread
 from lorafam.report.render import Block, to_html, to_markdown
-from lorafam.report.text import CLAIMS, REASONS, UI, VERDICTS, say
+from lorafam.report.text import CLAIMS, REASONS, UI, VERDICTS, idea, say
 
 LANGS = ("en", "zh")
 
@@ -262,7 +262,7 @@ def build_blocks(
                 u["col_parent"],
                 u["col_idea"],
             ],
-            rows=[[m.name, str(m.year), m.origin, m.venue, m.parent or "—", m.idea] for m in family()],
+            rows=[[m.name, str(m.year), m.origin, m.venue, m.parent or "—", idea(lang, m)] for m in family()],
         )
     )
     b.append(Block("h2", u["chapters"]))

@@ -365,3 +365,24 @@ REASONS: dict[str, dict[str, str]] = {
         "b_quantum_code": "论文发表于 ICLR 2025，但我们没有找到官方公开代码；我们的实现依据摘要和二手描述。",
     },
 }
+
+# One-line ideas in Chinese, per registry member (a member added later falls back to its English idea).
+ZH_IDEAS: dict[str, str] = {
+    "lora": "冻结 W0，在旁边学习一个低秩更新 BA；推理前可合并回去，零额外开销。",
+    "rslora": "把缩放因子从 α/r 改为 α/√r，让大秩也能继续学习。",
+    "qlora": "把基座冻结为 4 比特 NormalFloat（缩放因子再做一次量化），在其上训练 LoRA。",
+    "longlora": "低成本扩展上下文：训练时用移位分组注意力（S²-Attn），LoRA 加上可训练的嵌入层和归一化层，推理时用完整注意力。",
+    "adalora": "把 ΔW 写成 PΛQ（SVD 形式），训练中把秩从不重要的矩阵挪给重要的矩阵。",
+    "loraplus": "适配器不变，只让 B 的学习率是 A 的 λ 倍（只改优化器）。",
+    "dora": "把 W 拆成逐行的幅度和方向；LoRA 更新方向，幅度 m 直接训练。",
+    "alora": "只从调用序列开始才生效的 LoRA，因此历史对话的基座 KV 缓存可以原样复用。",
+    "quantum": "用少量角度经“量子线路”式的正交映射生成 U、V，ΔW = UΛVᵀ，参数量随维度按对数增长。",
+    "mopeft": "在模型里同时放入多种 PEFT 子模块（LoRA、前缀、适配器），由学习到的门控加权组合。",
+}
+
+
+def idea(lang: str, member: object) -> str:
+    """The member's one-line idea in ``lang``."""
+    if lang == "zh":
+        return ZH_IDEAS.get(getattr(member, "name", ""), getattr(member, "idea", ""))
+    return str(getattr(member, "idea", ""))

@@ -1,0 +1,174 @@
+"""The report builder on synthetic result files: tables re-derived from the JSON, verdict rules, determinism,
+failed runs shown, runs from another version kept apart."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from lorafam.arena import results as R
+from lorafam.report.build import build_report
+
+META = R.collect_meta()
+
+
+def fake(folder: Path, impl: str, member: str, acc: float | None, seed: int = 0, task: str = "add3", **kw) -> None:
+    status = kw.pop("status", "ok")
+    run = R.RunInfo(
+        f"{impl}--{member}--{task}--s{seed}",
+        impl,
+        member,
+        task,
+        seed,
+        "quick",
+        "h",
+        status=status,
+        started_at=f"2026-01-01T00:00:{seed:02d}",
+        peak_rss_mb=kw.pop("rss", 900.0),
+        error="RuntimeError: boom" if status == "failed" else "",
+    )
+    curve = kw.pop("curve", [[s, 3.0 / s] for s in range(1, 25)])
+    info = R.TrainInfo(
+        settings={"steps": 24, "eval_items": 100, "rank": 16, "forget_prompts": 8, "threads": 2},
+        adapter_config=kw.pop("cfg", {}),
+        trainable_params=kw.pop("params", 1000),
+        total_params=135_000_000,
+        steps=24,
+        seconds_per_step=kw.pop("step", 2.0),
+        tokens_per_second=400.0,
+        loss_curve=curve,
+        eval_curve=[[24, acc]] if acc is not None else [],
+        accuracy=acc,
+        correct=int((acc or 0) * 100),
+        test_items=100,
+        forgetting_kl=kw.pop("kl", 0.2),
+        forgetting_top1=0.8,
+        adapter_bytes=kw.pop("size", 19_000_000),
+        mergeable=True,
+        merge_seconds=0.05,
+        decode_tokens_per_s=20.0,
+        decode_tokens_per_s_base=25.0,
+        extra=kw.pop("extra", {}),
+    )
+    assert not kw, kw
+    meta = kw.get("meta", META)
+    R.write_result(folder / "quick" / f"{run.run_id}.json", R.RunResult(run, info, meta))
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    root = tmp_path / "arena-results"
+    fake(root, "base", "base", 0.0, params=0, kl=0.001, size=None)
+    fake(root, "lorafam", "lora", 0.58, seed=0, kl=1.2, size=19_000_000, params=4_884_480)
+    fake(root, "lorafam", "lora", 0.54, seed=1, kl=1.1, size=19_000_000, params=4_884_480)
+    fake(root, "peft", "lora", 0.57, step=2.4)
+    fake(root, "lorafam", "loraplus", 0.60)
+    fake(root, "lorafam", "dora", 0.90, params=1100, step=3.0)
+    fake(
+        root,
+        "full",
+        "full-ft",
+        0.30,
+        params=135_000_000,
+        step=3.8,
+        rss=1500.0,
+        kl=0.14,
+        size=None,
+        extra={"checkpoint_bytes_bf16_computed": 270_000_000},
+    )
+    fake(root, "lorafam", "adalora", 0.50, curve=[[s, 3.0 / s] for s in range(1, 25)])
+    fake(root, "lorafam", "longlora", None, status="failed")
+    other = R.MetaInfo(**{**META.__dict__, "lorafam_version": "0.0.1"})
+    run = R.RunInfo(
+        "lorafam--rslora--add3--s0",
+        "lorafam",
+        "rslora",
+        "add3",
+        0,
+        "quick",
+        "h",
+        status="ok",
+        started_at="2025-01-01T00:00:00",
+    )
+    R.write_result(root / "quick" / "old.json", R.RunResult(run, R.TrainInfo(accuracy=0.99), other))
+    R.atomic_write_json(root / "latest.json", {"budget": "quick"})
+    return root
+
+
+def _table(md: str, first_header: str) -> list[list[str]]:
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |") and "params" in line)
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split(" | ")])
+    return rows
+
+
+def test_league_table_is_rederived_from_the_json(results: Path, tmp_path: Path) -> None:
+    paths = build_report(results, tmp_path / "out", bench_dir=None)
+    rows = {r[0]: r for r in _table(paths["en.md"].read_text(), "member")}
+    # independent recomputation straight from the files (no report code)
+    groups: dict[str, list[dict]] = {}
+    for p in sorted((results / "quick").glob("*.json")):
+        d = json.loads(p.read_text())
+        if d["meta_info"]["lorafam_version"] != META.lorafam_version:
+            continue
+        ri = d["run_info"]
+        label = ri["member"] + (" (PEFT)" if ri["impl"] == "peft" else "")
+        groups.setdefault(label, []).append(d)
+    assert set(rows) == set(groups)
+    for label, runs in groups.items():
+        ok = [d for d in runs if d["run_info"]["status"] == "ok"]
+        cells = rows[label]
+        if not ok:
+            assert cells[2] == "failed"
+            continue
+        accs = [100 * d["train_info"]["accuracy"] for d in ok]
+        expected = f"{statistics.fmean(accs):.1f}" + (f" ± {statistics.stdev(accs):.1f}" if len(accs) > 1 else "")
+        assert cells[2] == expected
+        assert cells[1] == f"{int(statistics.fmean(d['train_info']['trainable_params'] for d in ok)):,}"
+        assert cells[3] == f"{statistics.fmean(d['train_info']['forgetting_kl'] for d in ok):.3f}"
+        assert cells[4] == f"{statistics.fmean(d['train_info']['seconds_per_step'] for d in ok):.2f}"
+        assert cells[6] == f"{statistics.fmean(d['run_info']['peak_rss_mb'] for d in ok):.0f}"
+    data = json.loads(paths["data"].read_text())
+    assert data["league"]["rows"] == [r for r in _table(paths["en.md"].read_text(), "member")]
+
+
+def test_verdict_rules(results: Path, tmp_path: Path) -> None:
+    paths = build_report(results, tmp_path / "out", bench_dir=None)
+    verdicts = {c["claim"]: c for c in json.loads(paths["data"].read_text())["claims"]}
+    assert verdicts["loraplus"]["verdict"] == "mixed"  # +4 points with a ~10-point floor: noise
+    assert verdicts["loraplus"]["reason"] == "plus_within_noise"
+    assert verdicts["full_ft"]["verdict"] == "supported"  # 1.9x step time, 1.67x memory
+    assert verdicts["lora_forgets"]["verdict"] == "supported"  # KL 1.15 vs full FT 0.14
+    assert verdicts["dora_vs_full"]["verdict"] == "supported"  # +60 points
+    assert verdicts["adalora_unstable"]["verdict"] == "contradicted"
+    assert verdicts["qlora_quarter"]["verdict"] == "not measurable here"
+    assert verdicts["longlora"]["verdict"] == "not measurable here"  # no kv task in this budget
+    assert verdicts["adapter_size"]["verdict"] == "mixed"  # 19 MB here, ~160 MB at 7B
+    assert verdicts["b_longlora_plus"]["verdict"] == "contradicted"
+
+
+def test_report_is_deterministic_bilingual_and_flags_problems(results: Path, tmp_path: Path) -> None:
+    a = build_report(results, tmp_path / "a", bench_dir=None)
+    b = build_report(results, tmp_path / "b", bench_dir=None)
+    for key in ("en.md", "zh.md", "en.html", "zh.html"):
+        assert a[key].read_bytes() == b[key].read_bytes(), key
+    en, zh = a["en.md"].read_text(), a["zh.md"].read_text()
+    assert "cannot rank the members" in en and "无法给成员排名" in zh
+    assert "## Claims check" in en and "## 说法核查" in zh
+    assert "lorafam--longlora--add3--s0" in en and "RuntimeError: boom" in en  # failed run shown, not dropped
+    assert "old.json: lorafam 0.0.1" in en  # another version: kept apart and flagged
+    assert "0.99" not in _table(en, "member").__repr__()  # ... and never mixed into the table
+    html = a["en.html"].read_text()
+    assert "<style" not in html and "data:image/png;base64," in html and "http" not in html.split("<body")[0]
+
+
+def test_missing_results_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="run `lorafam arena` first"):
+        build_report(tmp_path / "nothing", tmp_path / "out", bench_dir=None)

@@ -171,7 +171,7 @@ def mark_trainable(model: nn.Module, names: list[str] | None = None) -> None:
         for adapter_name, adapter in layer.adapters.items():
             if names is None or adapter_name in names:
                 for pname in adapter.param_roles():
-                    getattr(adapter, pname).requires_grad_(True)
+                    adapter.get_parameter(pname).requires_grad_(True)  # dotted names: nested experts
     for extra in getattr(model, "lorafam_extra_trainable", {}).values():
         for p in extra:
             p.requires_grad_(True)
@@ -182,7 +182,7 @@ def named_adapter_params(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, 
     for path, layer in adapted_layers(model):
         for adapter_name, adapter in layer.adapters.items():
             for pname, role in adapter.param_roles().items():
-                yield f"{path}.adapters.{adapter_name}.{pname}", getattr(adapter, pname), role, adapter
+                yield f"{path}.adapters.{adapter_name}.{pname}", adapter.get_parameter(pname), role, adapter
 
 
 # ---------------------------------------------------------------------------------------------------------------

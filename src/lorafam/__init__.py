@@ -33,6 +33,7 @@ from lorafam.core.inject import (  # noqa: E402
     unload,
     unmerge,
 )
+from lorafam.core.precision import cast_frozen  # noqa: E402
 from lorafam.family import MEMBERS, METHODS, family, member  # noqa: E402
 from lorafam.methods.adalora import AdaLoraConfig  # noqa: E402
 from lorafam.methods.alora import ALoraConfig  # noqa: E402
@@ -62,6 +63,7 @@ __all__ = [
     "PrefixCache",
     "active_adapters",
     "attach",
+    "cast_frozen",
     "configs",
     "disabled",
     "family",

@@ -115,6 +115,14 @@ class Adapter(nn.Module):
         """Own parameter name → role ("a", "b", "magnitude", "gate", ...)."""
         raise NotImplementedError
 
+    def add_output(self, x: Tensor, out: Tensor, base_out: Tensor, base: nn.Module) -> Tensor:
+        """The layer output with this adapter applied: ``out + delta_output(x, base_out, base)``.
+
+        ``out`` is the running output (``base_out`` itself for the first active adapter). Members override this
+        only to fuse the addition into their own kernels (LoRA's ``addmm``); the result must equal the default.
+        """
+        return out + self.delta_output(x, base_out, base)
+
     # --- merge (additive by default) ---------------------------------------------------------------------------
     def merge_into(self, base: nn.Module) -> None:
         add_to_base_weight(base, self.delta_weight(base))
@@ -164,7 +172,11 @@ class Adapter(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------------------
 class AdaptedLayer(nn.Module):
-    """A base layer plus named adapters. ``forward`` = base(x) + Σ active adapters' contributions."""
+    """A base layer plus named adapters. ``forward`` = base(x) + Σ active adapters' contributions.
+
+    The forward is on every token's path (210 layers per decoded token on SmolLM2), so it stays minimal: one
+    base call, then each unmerged active adapter's :meth:`Adapter.add_output`.
+    """
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()
@@ -196,9 +208,8 @@ class AdaptedLayer(nn.Module):
             return base_out
         out = base_out
         for name in self.active:
-            if name in self.merged:
-                continue
-            out = out + self.adapters[name].delta_output(x, base_out, self.base_layer)
+            if name not in self.merged:
+                out = self.adapters[name].add_output(x, out, base_out, self.base_layer)
         return out
 
     # --- merge -------------------------------------------------------------------------------------------------

@@ -80,8 +80,12 @@ class DoraAdapter(LoraAdapter):
 
     @torch.no_grad()
     def weight_norm(self, base: nn.Module) -> Tensor:
-        """‖W0 + s·BA‖_c, shape (out,), detached, float32."""
+        """‖W0 + s·BA‖_c, shape (out,), detached, float32 (also under autocast: a norm is not a bf16 job)."""
         w0 = base_weight(base)
+        with torch.autocast(w0.device.type, enabled=False):
+            return self._weight_norm(w0, base)
+
+    def _weight_norm(self, w0: Tensor, base: nn.Module) -> Tensor:
         a, b = self.lora_A.float(), self.lora_B.float()
         s = self.scaling
         cross = ((w0.float() @ a.T) * b).sum(dim=1)  # Σ_k B_ik (W0 Aᵀ)_ik   (out,)
@@ -120,6 +124,40 @@ class DoraAdapter(LoraAdapter):
             w0x = F.linear(xd.to(base_out.dtype), base_weight(base).to(base_out.dtype))
         delta = (g - 1) * w0x.to(g.dtype) + g * lora.to(g.dtype)
         return delta.to(base_out.dtype)
+
+    def add_output(self, x: Tensor, out: Tensor, base_out: Tensor, base: nn.Module) -> Tensor:
+        """The whole DoRA layer output g · (W0 x + s·BA x) + b, fused when DoRA is the first active adapter.
+
+        y = W0 x + s·BA x comes from one ``addmm`` on the base output, then one multiply by g: backward keeps a
+        single (..., out) tensor (y, for m's gradient) where the three-term form keeps two. At inference the
+        multiply is done in place. Other cases (a second adapter on the layer, dropout in training, a subclass
+        with its own rule) take the general ``out + delta_output`` path.
+        """
+        fusable = (
+            out is base_out
+            and type(self).delta_output is DoraAdapter.delta_output
+            and (self._no_dropout or not self.training)
+            and (out.dtype == self.lora_B.dtype or torch.is_autocast_enabled(out.device.type))
+        )
+        if not fusable:
+            return super().add_output(x, out, base_out, base)
+        g = self._scale(base)  # (out,)
+        h = F.linear(self.lora_input(x), self.lora_A)  # (..., r)
+        bias = base_bias(base)
+        w0x = base_out if bias is None else base_out - bias
+        n_out, r = w0x.shape[-1], h.shape[-1]
+        # y = W0 x + s · h Bᵀ: (N, out) + s · (N, r) @ (r, out)
+        y = torch.addmm(w0x.reshape(-1, n_out), h.reshape(-1, r), self.lora_B.t(), alpha=self.scaling)
+        g = g.to(y.dtype)
+        if torch.is_grad_enabled():
+            y = y * g
+            if bias is not None:
+                y = y + bias.to(y.dtype)
+        else:
+            y.mul_(g)
+            if bias is not None:
+                y.add_(bias.to(y.dtype))
+        return y.view(base_out.shape)
 
     # -- merge: W' = g · (W0 + s·BA); unmerge divides g back out -----------------------------------------------
     def delta_weight(self, base: nn.Module) -> Tensor:

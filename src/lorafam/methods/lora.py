@@ -129,6 +129,7 @@ class LoraAdapter(Adapter):
         self.lora_A = nn.Parameter(torch.empty(rank, in_features))  # (r, in)
         self.lora_B = nn.Parameter(torch.empty(out_features, rank))  # (out, r)
         self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self._no_dropout = not config.dropout > 0  # skips a module call per layer and token when p = 0
         self.reset_adapter_parameters()
 
     def reset_adapter_parameters(self) -> None:
@@ -145,14 +146,37 @@ class LoraAdapter(Adapter):
     def delta_weight(self, base: nn.Module) -> Tensor:
         return (self.lora_B.float() @ self.lora_A.float()) * self.scaling  # (out, in)
 
+    def lora_input(self, x: Tensor, dropped: bool = False) -> Tensor:
+        """x in the adapter dtype, dropout applied unless ``dropped``. Under autocast x is left as it is: autocast
+        casts it for the matmul anyway, and an fp32 copy of a bf16 activation would only cost time and memory."""
+        if x.dtype != self.lora_A.dtype and not torch.is_autocast_enabled(x.device.type):
+            x = x.to(self.lora_A.dtype)
+        return x if dropped or self._no_dropout else self.drop(x)
+
     def lora_path(self, x: Tensor, dropped: bool = False) -> Tensor:
         """s · B A dropout(x) in the adapter dtype (..., out); ``dropped`` = dropout already applied to x."""
-        x = x.to(self.lora_A.dtype)
-        h = F.linear(x if dropped else self.drop(x), self.lora_A)  # (..., r)
+        h = F.linear(self.lora_input(x, dropped), self.lora_A)  # (..., r)
         return F.linear(h, self.lora_B) * self.scaling
 
     def delta_output(self, x: Tensor, base_out: Tensor, base: nn.Module) -> Tensor:
         return self.lora_path(x).to(base_out.dtype)
+
+    def add_output(self, x: Tensor, out: Tensor, base_out: Tensor, base: nn.Module) -> Tensor:
+        """out + s · B A dropout(x), with the scale and the addition fused into one ``addmm``.
+
+        Two kernels per layer (A, then B-with-add), no (..., out)-sized temporaries for the scaled delta or the
+        sum: this is what keeps training at PEFT's speed and unmerged decoding near the base model's.
+        """
+        if type(self).delta_output is not LoraAdapter.delta_output:  # a subclass changed the rule: use it
+            return super().add_output(x, out, base_out, base)
+        h = F.linear(self.lora_input(x), self.lora_A)  # (..., r)
+        b = self.lora_B
+        if out.dtype != b.dtype and not torch.is_autocast_enabled(out.device.type):
+            return out + (F.linear(h, b) * self.scaling).to(out.dtype)
+        n_out, r = out.shape[-1], h.shape[-1]
+        # (N, out) + s · (N, r) @ (r, out)
+        fused = torch.addmm(out.reshape(-1, n_out), h.reshape(-1, r), b.t(), alpha=self.scaling)
+        return fused.view(out.shape)
 
     def peft_state(self) -> dict[str, Tensor]:
         return {"lora_A.weight": self.lora_A, "lora_B.weight": self.lora_B}

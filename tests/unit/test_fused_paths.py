@@ -1,0 +1,104 @@
+"""The fused forward paths (``add_output``) equal the general rule ``out + delta_output`` — values and grads.
+
+LoRA folds its scale and the addition into one ``addmm``; DoRA computes g · (W0 x + s·BA x) with one saved
+tensor and an in-place multiply at inference. These tests pin them to the unfused definition.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lorafam as lf
+from lorafam.core.adapter import Adapter
+from lorafam.core.inject import adapted_layers
+from tests.conftest import perturb_adapters
+
+
+def _layer(cfg, bias: bool = True):
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("proj", nn.Linear(24, 12, bias=bias))
+    lf.attach(model, cfg)
+    perturb_adapters(model, std=0.2)
+    ((_, layer),) = adapted_layers(model)
+    return layer, layer.adapters["default"]
+
+
+def _general(layer, x):
+    """The unfused definition, as the base class computes it."""
+    base_out = layer.base_layer(x)
+    ad = layer.adapters["default"]
+    return Adapter.add_output(ad, x, base_out, base_out, layer.base_layer)
+
+
+CONFIGS = {
+    "lora": lambda: lf.LoraConfig(rank=4, alpha=8, targets=["proj"]),
+    "rslora": lambda: lf.LoraConfig(rank=4, alpha=8, targets=["proj"], use_rslora=True),
+    "dora": lambda: lf.DoraConfig(rank=4, alpha=8, targets=["proj"]),
+}
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fused_equals_general_values_and_grads(name, bias):
+    layer, ad = _layer(CONFIGS[name](), bias)
+    x = torch.randn(3, 5, 24, requires_grad=True)
+    fused = layer(x)
+    fused.square().sum().backward()
+    grads_fused = [x.grad.clone()] + [p.grad.clone() for p in ad.parameters()]
+    x.grad = None
+    ad.zero_grad()
+    general = _general(layer, x)
+    general.square().sum().backward()
+    grads_general = [x.grad] + [p.grad for p in ad.parameters()]
+    torch.testing.assert_close(fused, general, atol=1e-5, rtol=1e-5)
+    for gf, gg in zip(grads_fused, grads_general):
+        torch.testing.assert_close(gf, gg, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fused_inference_path_equals_general(name):
+    layer, _ = _layer(CONFIGS[name]())
+    x = torch.randn(2, 7, 24)
+    with torch.no_grad():
+        expected = _general(layer, x)
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer(x[0, :1]), expected[0, :1], atol=1e-5, rtol=1e-5)  # one decode token
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fused_under_autocast_and_with_bf16_base(name):
+    layer, _ = _layer(CONFIGS[name]())
+    x = torch.randn(2, 5, 24)
+    with torch.no_grad():
+        ref = _general(layer, x)
+        with torch.autocast("cpu", torch.bfloat16):
+            got = layer(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref, atol=5e-2, rtol=5e-2)
+    lf.cast_frozen(layer)  # frozen base in bf16, adapter fp32, no autocast: the mixed-dtype path
+    assert layer.base_layer.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        got = layer(x.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref, atol=5e-2, rtol=5e-2)
+
+
+def test_dora_as_second_adapter_takes_the_general_path():
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("proj", nn.Linear(24, 12))
+    lf.attach(model, lf.LoraConfig(rank=4, alpha=8, targets=["proj"]), name="first")
+    lf.attach(model, lf.DoraConfig(rank=4, alpha=8, targets=["proj"]), name="second")
+    perturb_adapters(model, std=0.2)
+    layer = model.proj
+    x = torch.randn(3, 24)
+    base_out = layer.base_layer(x)
+    first, second = layer.adapters["first"], layer.adapters["second"]
+    expected = base_out + first.delta_output(x, base_out, layer.base_layer)
+    expected = expected + second.delta_output(x, base_out, layer.base_layer)
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,66 @@
+"""The arena end to end on a tiny random model: subprocess per run, result schema, a crash recorded as a failed
+run, resume skips finished runs, a result from another lorafam version is kept apart and redone; then the
+report builds from those files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lorafam.arena import results as R
+from lorafam.arena.runner import KEPT_APART, run_arena
+from lorafam.arena.spec import Experiment, load_spec, plan
+
+SPEC = """
+defaults:
+  model: tiny-llama
+  threads: 1
+  rank: 4
+  alpha: 8
+peers: {peft: false, full_ft: false, base: true}
+budgets:
+  quick: {tasks: [add3], seeds: [0], steps: 3, batch_size: 2, eval_items: 4, forget_prompts: 2, decode_tokens: 3}
+"""
+
+
+def test_arena_runs_resumes_records_failures_and_keeps_apart(tmp_path: Path) -> None:
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(SPEC)
+    exps = plan(load_spec(spec_file), "quick", members=["lora"])
+    assert [e.run_id for e in exps] == ["base--base--add3--s0", "lorafam--lora--add3--s0"]
+    good = exps[1]
+    bad = Experiment("lorafam", "lora", "add3", 7, "quick", {**good.settings, "config_overrides": {"rank": -1}})
+    exps.append(bad)
+    res = tmp_path / "res"
+
+    out = run_arena(exps, res, show_progress=False, log=lambda _: None)
+    assert sorted(out.ran) == sorted([exps[0].run_id, good.run_id]) and out.failed == [bad.run_id]
+    folder = res / "quick"
+    d = json.loads((folder / f"{good.run_id}.json").read_text())
+    assert set(d) == {"run_info", "train_info", "meta_info"}
+    ri, ti, mi = d["run_info"], d["train_info"], d["meta_info"]
+    assert ri["status"] == "ok" and ri["peak_rss_mb"] > 50 and ri["threads"] == 1
+    assert ti["trainable_params"] > 0 and len(ti["loss_curve"]) == 3 and ti["eval_curve"][-1][0] == 3
+    assert ti["seconds_per_step"] > 0 and ti["tokens_per_second"] > 0 and ti["accuracy"] is not None
+    assert ti["forgetting_kl"] is not None and ti["adapter_bytes"] > 0 and ti["merge_seconds"] is not None
+    assert mi["packages"]["torch"] and mi["machine"]["cores"] >= 1
+    failed = json.loads((folder / f"{bad.run_id}.json").read_text())["run_info"]
+    assert failed["status"] == "failed" and "rank" in failed["error"]
+
+    # resume: finished runs are skipped, the failed one is retried
+    again = run_arena(exps, res, show_progress=False, log=lambda _: None)
+    assert sorted(again.skipped) == sorted([exps[0].run_id, good.run_id]) and again.failed == [bad.run_id]
+
+    # a result written by another lorafam version is moved aside and redone
+    r = R.read_result(folder / f"{good.run_id}.json")
+    r.meta_info.lorafam_version = "0.0.0-other"
+    R.write_result(folder / f"{good.run_id}.json", r)
+    third = run_arena(exps[:2], res, show_progress=False, log=lambda _: None)
+    assert third.kept_apart == [good.run_id] and third.ran == [good.run_id]
+    assert len(list((folder / KEPT_APART).glob("*.json"))) == 1
+
+    from lorafam.report.build import build_report
+
+    paths = build_report(res, tmp_path / "report", bench_dir=None)
+    en = paths["en.md"].read_text()
+    assert "| lora |" in en and bad.run_id in en and "0.0.0-other" in en

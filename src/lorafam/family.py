@@ -111,6 +111,20 @@ METHODS: dict[str, MethodSpec] = {
         # (154, 28) occurs in row 0 of the contract input (tests/contract `_x()`), not in row 1: mixed rows
         contract_kwargs={"invocation_tokens": [154, 28]},
     ),
+    "quantum": MethodSpec(
+        "quantum",
+        "lorafam.methods.quantum:QuantumConfig",
+        "lorafam.methods.quantum:QuantumAdapter",
+        "LORAFAM_QUANTUM",  # no PEFT type exists; `lorafam export --to lora` writes an exact plain-LoRA copy
+        False,
+    ),
+    "mixture": MethodSpec(
+        "mixture",
+        "lorafam.methods.mixture:MixtureConfig",
+        "lorafam.methods.mixture:MixtureAdapter",
+        "LORAFAM_MIXTURE",  # a manifest of member configs + their tensors; not mergeable (input-dependent gates)
+        False,
+    ),
 }
 
 MEMBERS: dict[str, FamilyMember] = {
@@ -229,6 +243,35 @@ MEMBERS: dict[str, FamilyMember] = {
         in_peft=True,
         notes="Not mergeable. Base-cache reuse: lf.PrefixCache + lf.generate (see docs/alora.md). PEFT stores it as "
         "LORA + alora_invocation_tokens; upstream vLLM support is not confirmed.",
+    ),
+    "quantum": FamilyMember(
+        name="quantum",
+        method="quantum",
+        title="Quantum-PEFT: Ultra parameter-efficient fine-tuning",
+        authors="Koike-Akino, Tonin, Wu, Wu, Candogan, Cevher",
+        origin="MERL, EPFL (LIONS)",
+        year=2025,
+        venue="ICLR 2025",
+        arxiv="2503.05431",
+        idea="ΔW = U Λ Vᵀ where U, V come from a small Pauli-rotation circuit: parameters grow with log N, not N.",
+        parent="adalora",
+        notes="No public code; gate order, angle init and the non-power-of-two masking are lorafam's reading "
+        "(docs/quantum-peft.md). Export to an exact plain-LoRA adapter with `lorafam export --to lora`.",
+    ),
+    "mopeft": FamilyMember(
+        name="mopeft",
+        method="mixture",
+        title="MoPEFT: A Mixture-of-PEFTs for the Segment Anything Model",
+        authors="Sahay, Savakis",
+        origin="Rochester Institute of Technology",
+        year=2024,
+        venue="CVPR 2024 Workshop on Foundation Models (arXiv comment); listed in CVPRW 2025 proceedings",
+        arxiv="2405.00293",
+        idea="Several PEFT modules side by side in each layer, weighted by a learned gate (mixture-of-experts style).",
+        parent="lora",
+        preset={"experts": ["lora", "dora", "quantum"]},
+        notes="The paper mixes LoRA, prefix tuning and adapters in SAM; lorafam mixes family members (default LoRA + "
+        "DoRA + Quantum-PEFT) with a token or sequence router and a Switch-style balance loss (docs/mopeft.md).",
     ),
 }
 

@@ -39,8 +39,10 @@ from lorafam.methods.adalora import AdaLoraConfig  # noqa: E402
 from lorafam.methods.alora import ALoraConfig  # noqa: E402
 from lorafam.methods.dora import DoraConfig  # noqa: E402
 from lorafam.methods.longlora import LongLoraConfig  # noqa: E402
-from lorafam.methods.longlora import LongLoraConfig  # noqa: E402
 from lorafam.methods.lora import LoraConfig  # noqa: E402
+from lorafam.methods.mixture import MixtureConfig  # noqa: E402
+from lorafam.methods.mixture_runtime import router_stats  # noqa: E402
+from lorafam.methods.quantum import QuantumConfig  # noqa: E402
 from lorafam.models import load_model, load_tokenizer, tiny_gpt2, tiny_llama  # noqa: E402
 from lorafam.optim import make_optimizer, param_groups  # noqa: E402
 from lorafam.serve.engine import GenerationResult, PrefixCache, generate  # noqa: E402
@@ -59,7 +61,8 @@ __all__ = [
     "DoraConfig",
     "LoraConfig",
     "LongLoraConfig",
-    "LongLoraConfig",
+    "MixtureConfig",
+    "QuantumConfig",
     "PrefixCache",
     "active_adapters",
     "attach",
@@ -76,6 +79,7 @@ __all__ = [
     "merge",
     "merge_and_unload",
     "param_groups",
+    "router_stats",
     "save_adapter",
     "set_active",
     "tiny_gpt2",

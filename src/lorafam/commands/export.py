@@ -1,0 +1,63 @@
+"""``lorafam export ADAPTER_DIR --to lora OUT_DIR``: rewrite an adapter as plain PEFT LoRA (see lorafam.export).
+
+Quantum-PEFT is exported exactly (rank K); DoRA / AdaLoRA by SVD to ``--rank`` (error reported); plain LoRA is
+copied; aLoRA and mixtures are refused (no single ΔW). Prints a compatibility matrix for the source and the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("adapter", help="adapter folder (lorafam or PEFT layout)")
+    p.add_argument("--to", required=True, choices=["lora"], help="target format (plain PEFT LoRA)")
+    p.add_argument("out", help="where to write the exported adapter folder")
+    p.add_argument("--model", default=None, help="base model folder (default: the adapter's recorded base)")
+    p.add_argument("--rank", type=int, default=None, help="SVD route only: LoRA rank (default: the member's rank)")
+    p.add_argument("--name", default="default", help=argparse.SUPPRESS)
+
+
+def load_base(name_or_path: str | None):  # -> nn.Module
+    """The base a lorafam adapter records: a local folder, the embedded default, or a tiny test model."""
+    import lorafam as lf
+
+    tiny = {"tiny-llama": lf.tiny_llama, "tiny-gpt2": lf.tiny_gpt2}
+    if name_or_path in tiny:
+        return tiny[name_or_path]()
+    return lf.load_model(name_or_path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    import lorafam as lf
+    from lorafam.core.checkpoint import read_adapter_config
+    from lorafam.export import export_lora, source_compatibility
+    from lorafam.family import spec_for_config
+
+    err, out = Console(stderr=True), Console()
+    try:
+        recorded = read_adapter_config(args.adapter).get("base_model_name_or_path")
+        base = load_base(args.model or recorded)
+        model = lf.load_adapter(base, args.adapter, name=args.name)
+        cfg = lf.configs(model)[args.name]
+        spec = spec_for_config(cfg)
+        report = export_lora(model, args.out, name=args.name, rank=args.rank)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        return 2
+    for title, rows in (
+        (f"source: {args.adapter} ({spec.key})", source_compatibility(spec.key, spec.peft_compatible, spec.adapter_cls.mergeable)),
+        (f"exported: {report.out_dir} (plain LoRA, r={report.rank}, α={report.alpha:g})", report.compatibility()),
+    ):  # fmt: skip
+        table = Table(title=title)
+        for col in ("runtime", "loads it?", "note"):
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+    fidelity = "exact" if report.route != "svd" else f"SVD, max relative error {report.max_rel_error:.2e}"
+    out.print(f"{report.layers} layers exported via the {report.route} route ({fidelity}).")
+    return 0

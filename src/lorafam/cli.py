@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("lorafam.commands.generate", "generate from a prompt with the base model and an adapter"),
     "chat": ("lorafam.commands.chat", "chat in the terminal (chat template, streaming) with an adapter"),
     "merge": ("lorafam.commands.merge", "merge an adapter into its base and save a plain model folder"),
+    "export": (
+        "lorafam.commands.export",
+        "rewrite an adapter as plain PEFT LoRA (exact for Quantum-PEFT, SVD otherwise)",
+    ),
     "estimate": ("lorafam.commands.estimate", "estimate training memory for a config before running it"),
     "arena": ("lorafam.commands.arena", "train every member on the same tasks and budget; record the results"),
     "report": ("lorafam.commands.report", "write the LoRA family history article (zh + en) from arena results"),

@@ -23,7 +23,9 @@ def install_routing_hooks(model: nn.Module, name: str, state: RoutingState) -> N
     """Model-level hooks telling the layers whether a call starts a sequence (empty KV cache) or extends one."""
 
     def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("past_key_values")  # transformers < 5.x spelling
+        if cache is None:
+            cache = kwargs.get("cache")
         past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
         state.phase = "cached" if past > 0 else "fresh"
         mask = kwargs.get("attention_mask")

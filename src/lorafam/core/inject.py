@@ -106,6 +106,7 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
             f"Adaptable module names (suffixes): {', '.join(suffixes)}"
         )
     adapter_cls = spec.adapter_cls
+    quantized_now = False
     for path in picked:
         layer = layers[path]
         if not isinstance(layer, AdaptedLayer):
@@ -114,6 +115,7 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
                 from lorafam.quant.nf4 import quantize_base
 
                 base = quantize_base(base, compute_dtype=config.compute_dtype)
+                quantized_now = True
             layer = AdaptedLayer(base)
             _set_module(model, path, layer)
         in_f, out_f = base_shape(layer.base_layer)
@@ -131,6 +133,11 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
         if hasattr(adapter, "init_from_base"):
             adapter.init_from_base(layer.base_layer)
         layer.add_adapter(name, adapter)
+    if quantized_now:  # drop every reference to the float weights (and the file they were mapped from)
+        from lorafam.quant.nf4 import release_float_weights
+
+        del layers
+        release_float_weights(model)
     existing = dict(existing)
     existing[name] = config
     object.__setattr__(model, CONFIGS_ATTR, existing)

@@ -219,6 +219,34 @@ class _NF4Matmul(torch.autograd.Function):
         return grad_out @ ctx.layer._weight_in(grad_out.dtype), None
 
 
+def release_float_weights(model: nn.Module) -> None:
+    """After quantising, give the memory of the replaced float weights back to the operating system.
+
+    Two things keep it resident (measured in ``benchmarks/qlora.py``): transformers maps the safetensors file
+    into memory and every tensor loaded from it — the embedding, the norms — keeps the *whole* mapping (all the
+    float linear weights' pages included) alive; and glibc keeps the quantiser's freed temporaries in its heap.
+    So the remaining float parameters and buffers are copied into their own memory (tied weights stay tied: the
+    Parameter objects are kept), and the heap is trimmed.
+    """
+    import contextlib
+    import ctypes
+    import gc
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, NF4Linear):
+                continue
+            for p in module.parameters(recurse=False):
+                if not p.is_meta:
+                    p.data = p.data.clone()
+            for key, b in module.named_buffers(recurse=False):
+                if b is not None and not b.is_meta:
+                    module._buffers[key] = b.clone()
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def quantize_base(layer: nn.Module, compute_dtype: str | torch.dtype = "float32") -> NF4Linear:
     """Replace-ready NF4 copy of a frozen base layer (``nn.Linear`` or GPT-2 ``Conv1D``).
 

@@ -316,6 +316,16 @@ def build_blocks(
             ],
         ),
     ]
+    est = C.estimates_table()
+    if est:
+        b += [
+            Block("p", u["estimates"]),
+            Block(
+                "table",
+                headers=[u["col_model"], u["col_bits"], u["col_weights"], u["col_total"]],
+                rows=[[m, str(bits), f"{w:.1f}", f"{t:.1f}"] for m, bits, w, t in est],
+            ),
+        ]
     if data.failed or data.skipped:
         b += [
             Block("h2", u["failed"]),
@@ -402,6 +412,10 @@ def make_figures(data: ReportData) -> dict[str, bytes | None]:
     if "alora_ttft" in data.benchmarks:
         figs["ttft"] = plots.xy_series(
             C._ttft_series(data.benchmarks["alora_ttft"]), "history (tokens)", "TTFT (s)"
+        )
+    if "s2attn" in data.benchmarks:
+        figs["s2attn"] = plots.xy_series(
+            C.s2_series(data.benchmarks["s2attn"]), "context length (tokens)", "training step (s)"
         )
     return figs
 

@@ -169,19 +169,35 @@ def qlora_quarter(data: ReportData) -> Verdict:
     )
 
 
-def estimate_gib(preset: str, bits: int) -> float | None:
-    """Total training memory from ``lorafam.train.estimate`` when that module exists (None otherwise)."""
-    try:
-        from lorafam.train.estimate import estimate_memory  # type: ignore[import-not-found]
+ESTIMATE_SETUP = {
+    "bf16": True,
+    "rank": 16,
+    "batch_size": 1,
+    "seq_len": 512,
+    "gradient_checkpointing": True,
+    "device": "cuda",
+}
 
-        est = estimate_memory(preset, quantization_bit=bits)
+
+def estimate(preset: str, bits: int) -> Any:
+    """``lorafam.train.estimate.estimate_memory`` for a named architecture (None when unavailable)."""
+    try:
+        from lorafam.train.estimate import estimate_memory
+
+        return estimate_memory(preset, quantization_bit=bits, **ESTIMATE_SETUP)
     except Exception:  # noqa: BLE001 - the estimator is optional for the report
         return None
-    for key in ("total_gib", "total_gb", "total"):
-        value = est.get(key) if isinstance(est, dict) else getattr(est, key, None)
-        if isinstance(value, (int, float)):
-            return float(value) / (2**30 if value > 1e6 else 1)
-    return None
+
+
+def estimates_table() -> list[tuple[str, int, float, float]]:
+    """(model, bits, weights GiB, total GiB) for 7B / 70B at 16 and 4 bits."""
+    out = []
+    for preset in ("llama2-7b", "llama2-70b"):
+        for bits in (16, 4):
+            est = estimate(preset, bits)
+            if est is not None:
+                out.append((preset, bits, est.weights, est.total))
+    return out
 
 
 def qlora_70b(data: ReportData) -> Verdict:
@@ -190,8 +206,8 @@ def qlora_70b(data: ReportData) -> Verdict:
     if bits is None:
         return Verdict("qlora_70b", NM, "no_run", {"member": "qlora"}, cite)
     weights = LLAMA2_70B_PARAMS * bits / 8 / 2**30
-    est = estimate_gib("llama2-70b", 4)
-    args = {"bits": bits, "weights_gib": weights, "estimate_gib": est}
+    est = estimate("llama2-70b", 4)
+    args = {"bits": bits, "weights_gib": weights, "estimate_gib": est.total if est else None}
     return Verdict("qlora_70b", CONTRADICTED if weights > 24 else MIXED, "weights_alone", args, cite)
 
 
@@ -283,11 +299,28 @@ def _sd(values: list[float]) -> float | None:
     return spread(values)
 
 
+def s2_series(bench: dict[str, Any] | None) -> dict[str, list[tuple[float, float]]]:
+    """{"S²-Attn" | "full attention": [(context length, median step seconds)]} from benchmarks/s2attn.py's file."""
+    timing = ((bench or {}).get("data") or {}).get("time") or {}
+    out: dict[str, list[tuple[float, float]]] = {}
+    for seq, rec in timing.items():
+        med = rec.get("median_step_s", {}) if isinstance(rec, dict) else {}
+        for key, name in (("s2attn", "S²-Attn"), ("full", "full attention")):
+            if isinstance(med.get(key), (int, float)) and str(seq).isdigit():
+                out.setdefault(name, []).append((float(seq), float(med[key])))
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def longlora_long_range(data: ReportData) -> Verdict:
     names = _members_by_method("longlora")
     cite = "arXiv 2309.12307"
+    series = s2_series(data.benchmarks.get("s2attn"))
+    s2 = {}
+    if "S²-Attn" in series and "full attention" in series:
+        (seq, a), (_, b) = series["S²-Attn"][-1], series["full attention"][-1]
+        s2 = {"seq": seq, "s2_ratio": a / b, "file": data.benchmarks["s2attn"]["file"]}
     if "kv" not in data.tasks or not names:
-        return Verdict("longlora", NM, "needs_kv", {}, cite)
+        return Verdict("longlora", NM, "needs_kv_s2" if s2 else "needs_kv", s2, cite)
     cmp = compare(data.row("lorafam", names[0]), data.row("lorafam", "lora"), "kv")
     if cmp is None:
         return Verdict("longlora", NM, "no_run", {"member": names[0]}, cite)
@@ -404,7 +437,8 @@ def adapter_size(data: ReportData) -> Verdict:
         return Verdict("adapter_size", NM, "no_run", {"member": "lora"})
     b, t = lora.mean("adapter_bytes"), lora.mean("trainable_params")
     per = b / t
-    mb7 = LLAMA2_7B_LORA_R16_PARAMS * per / 1e6
+    est = estimate("llama2-7b", 16)
+    mb7 = (est.trainable_params if est else LLAMA2_7B_LORA_R16_PARAMS) * per / 1e6
     args = {"mb": b / 1e6, "per_param": per, "mb7": mb7, "rank": data.settings.get("rank")}
     v = MIXED if 100 <= mb7 < 1000 else CONTRADICTED
     return Verdict("adapter_size", v, "size", args, "arXiv 2307.09288")

@@ -122,6 +122,12 @@ UI: dict[str, dict[str, str]] = {
         "notes_bench": "Probe files reused from benchmarks/results: {files}.",
         "dirty": ", uncommitted changes",
         "pareto_none": "no accuracy above zero yet",
+        "estimates": "Memory estimates for larger models from `lorafam estimate` (no weights loaded; LoRA r=16 on "
+        "all linear layers, bf16, batch 1 × 512 tokens, gradient checkpointing, CUDA runtime):",
+        "col_model": "model",
+        "col_bits": "base bits",
+        "col_weights": "weights (GiB)",
+        "col_total": "total (GiB)",
     },
     "zh": {
         "title": "LoRA 家族实测：一部带数字的历史",
@@ -200,6 +206,12 @@ UI: dict[str, dict[str, str]] = {
         "notes_bench": "复用了 benchmarks/results 中的探针结果文件：{files}。",
         "dirty": "，有未提交的修改",
         "pareto_none": "目前没有高于零的准确率",
+        "estimates": "来自 `lorafam estimate` 的大模型内存估算（不加载权重；LoRA r=16 作用于全部线性层，bf16，batch 1 × 512 "
+        "token，梯度检查点，CUDA 运行时）：",
+        "col_model": "模型",
+        "col_bits": "基座比特",
+        "col_weights": "权重 (GiB)",
+        "col_total": "总计 (GiB)",
     },
 }
 
@@ -282,6 +294,9 @@ REASONS: dict[str, dict[str, str]] = {
         "ada_noisy": "No failures, but loss spikes per run {spikes:.1f} vs LoRA's {lora_spikes:.1f} and seed spread "
         "{sd:.3f} vs {lora_sd:.3f}: noisier than LoRA.",
         "needs_kv": "Needs the long-context kv task (not in this budget); run `lorafam arena --budget standard`.",
+        "needs_kv_s2": "Needs the long-context kv task (not in this budget; run `lorafam arena --budget standard`). "
+        "What was measured ({file}): an S²-Attn training step at {seq:.0f} tokens takes {s2_ratio:.2f}× the full-"
+        "attention step — the speed side of the trade, not its accuracy.",
         "ll_kv": "On kv retrieval, evaluated with full attention: LongLoRA − LoRA = {diff:+.1f} points (floor "
         "±{floor:.1f}).",
         "q_params": "Trainable parameters {ratio:.3f}× LoRA's; accuracy {diff:+.1f} points vs LoRA (floor "
@@ -342,6 +357,8 @@ REASONS: dict[str, dict[str, str]] = {
         "ada_noisy": "没有失败，但每次运行的损失尖峰 {spikes:.1f} 次（LoRA {lora_spikes:.1f} 次），种子间波动 {sd:.3f}"
         "（LoRA {lora_sd:.3f}）：比 LoRA 更嘈杂。",
         "needs_kv": "需要长上下文 kv 任务（本预算未包含）；请运行 `lorafam arena --budget standard`。",
+        "needs_kv_s2": "需要长上下文 kv 任务（本预算未包含；请运行 `lorafam arena --budget standard`）。已测到的（{file}）："
+        "{seq:.0f} token 时 S²-Attn 的训练步耗时是完整注意力的 {s2_ratio:.2f} 倍——这是速度一侧的取舍，不是准确率。",
         "ll_kv": "在 kv 检索任务上、用完整注意力评测：LongLoRA − LoRA = {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）。",
         "q_params": "可训练参数是 LoRA 的 {ratio:.3f} 倍；准确率比 LoRA {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）；"
         "参数量随层宽增长的指数为 {slope:.2f}（1 表示像 LoRA 那样线性，接近 0 表示对数增长）。",

@@ -172,3 +172,36 @@ def test_report_is_deterministic_bilingual_and_flags_problems(results: Path, tmp
 def test_missing_results_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="run `lorafam arena` first"):
         build_report(tmp_path / "nothing", tmp_path / "out", bench_dir=None)
+
+
+def test_long_context_claims_and_benchmark_files(tmp_path: Path) -> None:
+    root = tmp_path / "res"
+    for task, lora_acc, ll_acc in (("add3", 0.5, 0.5), ("kv", 0.70, 0.20)):
+        fake(root, "lorafam", "lora", lora_acc, task=task, params=4_884_480)
+        fake(root, "lorafam", "longlora", ll_acc, task=task)
+    bench = tmp_path / "bench"
+    R.atomic_write_json(
+        bench / "s2attn.json",
+        {
+            "time": {
+                "1024": {"median_step_s": {"s2attn": 1.0, "full": 1.25}},
+                "4096": {"median_step_s": {"s2attn": 3.0, "full": 5.0}},
+            }
+        },
+    )
+    R.atomic_write_json(
+        bench / "alora_ttft.json",
+        {
+            "rows": [
+                {"history_tokens": 256, "ttft_reuse_s": 0.10, "ttft_no_reuse_s": 0.20},
+                {"history_tokens": 2048, "ttft_reuse_s": 0.11, "ttft_no_reuse_s": 1.60},
+            ]
+        },
+    )
+    paths = build_report(root, tmp_path / "out", bench_dir=bench)
+    verdicts = {c["claim"]: c for c in json.loads(paths["data"].read_text())["claims"]}
+    assert verdicts["longlora"]["verdict"] == "supported"  # -50 points on kv, beyond the floor
+    assert verdicts["alora"]["verdict"] == "supported"  # 1.1x growth with reuse over 8x the history
+    assert verdicts["alora"]["args"]["steep"] == pytest.approx(8.0)
+    en = paths["en.md"].read_text()
+    assert "figures/s2attn.png" in en and "figures/ttft.png" in en and "alora_ttft.json" in en

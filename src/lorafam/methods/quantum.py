@@ -12,8 +12,9 @@ Update rule (paper Fig. 1: the SVD form of AdaLoRA, but U and V are *computed*, 
 U is the first K columns of an N×N orthogonal matrix Q(θ) built from q = ⌈log2 N⌉ "qubits":
 one layer of RY rotations on every qubit, then L layers of a nearest-neighbour ladder in which each pair (j, j+1)
 gets a CZ entangler followed by an RY on both qubits. Angles per unitary: q + 2L(q−1) = (2L+1)·q − 2L, the count
-reported for the paper's Pauli parameterisation. The gates are applied to the K columns as 2×2 / 4×4 operations on
-a (2, …, 2)-reshaped tensor; no N×N matrix is ever formed. λ starts at 0, so the adapter starts as the identity.
+reported for the paper's Pauli parameterisation. The gates are applied to the K columns as 2×2 rotations (CZ signs
+folded in) on a (2, …, 2)-reshaped tensor; no N×N matrix is ever formed (``lorafam.methods.pauli``). λ starts at
+0, so the adapter starts as the identity.
 
 What is the paper's and what is ours (only the abstract and second-hand notes were available — see
 docs/quantum-peft.md): the U Λ Vᵀ form, orthogonality by construction, RY + CZ gates and the angle count are

@@ -150,6 +150,22 @@ def run_one(
     timeout_s: float | None = None,
 ) -> str:
     """Run one experiment in a fresh Python process; returns its status. Never raises for a failed run."""
+    if exp.settings.get("skip_reason"):
+        info = RunInfo(
+            exp.run_id,
+            exp.impl,
+            exp.member,
+            exp.task,
+            exp.seed,
+            exp.budget,
+            exp.spec_hash,
+            status="skipped",
+            error=str(exp.settings["skip_reason"]),
+            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            device=device,
+        )
+        write_result(path, RunResult(info, TrainInfo(settings=dict(exp.settings)), collect_meta(device)))
+        return "skipped"
     log_path = path.parent / "logs" / f"{exp.run_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     threads = str(int(exp.settings.get("threads", 2)))

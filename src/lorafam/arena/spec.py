@@ -162,6 +162,9 @@ def plan(
                 add("lorafam", m)
                 if peft_ok and MEMBERS[m].in_peft:
                     add("peft", m)
+                    why = _peer_unavailable(MEMBERS[m])
+                    if why:
+                        out[-1].settings["skip_reason"] = why
             if peers and p.get("full_ft", True) and (not members or FULL_FT in chosen):
                 add("full", FULL_FT)
     return out
@@ -185,6 +188,15 @@ def _member_train_settings(member: str) -> dict[str, Any]:
 
     opts = MEMBERS[member].train_options if member in MEMBERS else {}
     return {k: opts[k] for k in ("lr", "warmup_steps") if k in opts}
+
+
+def _peer_unavailable(member: Any) -> str:
+    """Why PEFT cannot run this member here ('' when it can): its 4-bit base needs bitsandbytes."""
+    import importlib.util
+
+    if member.preset.get("quantize") and importlib.util.find_spec("bitsandbytes") is None:
+        return "PEFT's 4-bit base needs bitsandbytes, which is not installed here"
+    return ""
 
 
 def _has_peft() -> bool:

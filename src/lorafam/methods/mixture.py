@@ -179,9 +179,8 @@ class MixtureAdapter(Adapter):
         self._routing: RoutingState | None = None
         self._seq: tuple[Tensor, Tensor] | None = None  # (probs, gates) (B, E) fixed for the current sequence
         self._aux: Tensor | None = None
-        self.last_gates: Tensor | None = (
-            None  # detached gates of the last call (token: (..., E); sequence: (B, E))
-        )
+        # detached gates of the last call (token router: (..., E); sequence router: (B, E))
+        self.last_gates: Tensor | None = None
         self.window = torch.zeros(n + 1, dtype=torch.float64)  # gate sums + count since the last log line
 
     @classmethod

@@ -199,10 +199,11 @@ def pick(lang: str, data: ReportData, member: Any, row: Row, lora: Row | None) -
         cons.append(UI[lang]["pick_nomerge"])
     sep = "; " if lang == "en" else "；"
     text = sep.join(pros) if pros else say(lang, UI, "pick_nothing", arxiv=member.arxiv)
+    end = "." if lang == "en" else "。"
+    if pros:
+        text += end
     if cons:
-        text += (" " if pros else " ") + ("But " if lang == "en" else "但") + sep.join(cons) + "."
-    elif pros:
-        text += "." if lang == "en" else "。"
+        text += (" But " if lang == "en" else "但") + sep.join(cons) + end
     return text
 
 

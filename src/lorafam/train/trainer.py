@@ -267,6 +267,7 @@ def _run(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) ->
             n_local = sum(int((shifted_targets(mb["labels"]) != -100).sum()) for mb in micro)
             n_global = int(distributed.all_sum(torch.tensor(n_local, dtype=torch.long), info))
             nll_local = torch.zeros((), dtype=torch.float64)
+            aux = 0.0  # callbacks' extra loss terms (same on every rank)
             for k, mb in enumerate(micro):
                 sync = contextlib.nullcontext()
                 if info.enabled and k < A - 1:
@@ -278,11 +279,12 @@ def _run(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) ->
                         extra = cb.extra_loss(model)
                         if extra is not None:
                             loss = loss + extra / A
+                            aux += float(extra.detach()) / A
                 loss.backward()
                 nll_local += float(nll.detach())
             step_loss = float(distributed.all_sum(nll_local, info)) / max(1, n_global)
-            if not math.isfinite(step_loss):
-                _stop(log, step + 1, f"loss is {step_loss}", last_ckpt)
+            if not math.isfinite(step_loss + aux):
+                _stop(log, step + 1, f"loss is {step_loss + aux}", last_ckpt)
             for cb in callbacks:
                 cb.on_after_backward(step + 1, model)
             if cfg.max_grad_norm:
@@ -321,6 +323,8 @@ def _run(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) ->
                     "throughput": round(tps, 1),
                     "total_tokens": tokens_seen,
                 }
+                if aux:
+                    row["aux_loss"] = aux
                 for cb in callbacks:
                     row.update(cb.logs())
                 log.write(row)

@@ -25,8 +25,9 @@ Resolving an invocation *string* (:meth:`ALoraConfig.resolve`): the ids are ``to
 add_special_tokens=False)`` (PEFT's recipe). Because BPE can merge the string's first/last characters with the
 text around it, the string is also encoded inside a few probe contexts; if its ids do not appear there as a
 contiguous run, resolution fails with an error naming ``invocation_string`` and showing both tokenisations —
-pick a string that starts and ends at a token boundary (a special token, or a trailing newline), or pass
-``invocation_tokens`` yourself.
+pick a string that starts and ends at a token boundary (a special token at the start and a newline at the end,
+as in ChatML's ``<|im_start|>assistant\\n``), or pass ``invocation_tokens`` yourself. The probes put the string
+after "Hello world." / "Hello world.\\n" / nothing and before nothing / "The answer" / " The answer".
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ NEVER = 2**62
 """Activation start for rows without the invocation (no position reaches it)."""
 
 PROBE_BEFORE = ("Hello world.", "Hello world.\n", "")
-PROBE_AFTER = ("", "The answer", " The answer", "\n")
+PROBE_AFTER = ("", "The answer", " The answer")
 
 
 def last_occurrence(ids: Tensor, pattern: Tensor) -> Tensor:
@@ -135,8 +136,8 @@ class ALoraConfig(LoraConfig):
                 raise ValueError(
                     f"ALoraConfig: invocation_string={self.invocation_string!r} tokenises differently in context: "
                     f"alone it is {ids}, but inside {bad[0]!r} the ids are {bad[1]}, which do not contain it. "
-                    "Start and end the string at a token boundary (a special token such as '<|im_start|>', or a "
-                    "newline), or pass invocation_tokens explicitly (check_context=False skips this check)."
+                    "Start and end the string at a token boundary (e.g. '<|im_start|>assistant\\n' in a ChatML "
+                    "template), or pass invocation_tokens explicitly (check_context=False skips this check)."
                 )
         return dataclasses.replace(self, invocation_tokens=ids)
 

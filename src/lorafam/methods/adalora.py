@@ -34,7 +34,8 @@ PEFT_KEYS = ("init_r", "target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2"
 
 @dataclass(kw_only=True)
 class AdaLoraConfig(AdapterConfig):
-    """AdaLoRA. ``rank`` and ``init_rank`` are the same number (give either).
+    """AdaLoRA. ``rank`` is an alias of ``init_rank``; when both are given, ``init_rank`` wins (the trainer
+    always passes its generic ``lora_rank`` as ``rank``).
 
     Recommended on the default model: ``lr=2e-3`` with the default ``init="orthonormal"`` (see docs/adalora.md
     for the measurements; PEFT's std-0.02 init at lr 2e-4 barely moves the loss because Λ starts at zero).
@@ -45,7 +46,7 @@ class AdaLoraConfig(AdapterConfig):
     peft_keys: ClassVar[tuple[str, ...]] = PEFT_KEYS
 
     rank: int | None = None  # type: ignore[assignment]
-    """Mirrors ``init_rank``."""
+    """Alias of ``init_rank`` (set to it after construction)."""
     init_rank: int | None = None
     """Initial rank r of every adapted matrix (PEFT ``init_r``, default 12)."""
     target_rank: int | None = None
@@ -75,9 +76,7 @@ class AdaLoraConfig(AdapterConfig):
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        if self.rank is not None and self.init_rank is not None and self.rank != self.init_rank:
-            raise ValueError(f"{name}: 'rank' ({self.rank}) and 'init_rank' ({self.init_rank}) disagree; give one")
-        resolved = self.init_rank if self.init_rank is not None else self.rank
+        resolved = self.init_rank if self.init_rank is not None else self.rank  # init_rank wins (more specific)
         self.rank = self.init_rank = 12 if resolved is None else resolved
         super().__post_init__()
         if self.target_rank is None:
@@ -258,20 +257,26 @@ class AdaLoraAdapter(Adapter):
         return {"lora_A": self.lora_A[keep], "lora_E": self.lora_E[keep], "lora_B": self.lora_B[:, keep]}
 
     def load_peft_state(self, state: dict[str, Tensor], where: str) -> None:
+        """Load P, Λ, Q. A file holding k < r triplets (sliced at save) fills slots 0..k-1 and the rest become
+        masked triplets (λ = 0): ΔW = Σ_i λ_i P_:,i Q_i,: does not depend on the order of the triplets."""
         own = {"lora_A": self.lora_A, "lora_E": self.lora_E, "lora_B": self.lora_B}
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise KeyError(f"{where}: missing tensors {missing}, unexpected tensors {unexpected}")
-        for key, target in own.items():
-            src = state[key]
-            if tuple(src.shape) != tuple(target.shape):
+        k = state["lora_E"].shape[0]
+        want = {"lora_A": (k, self.in_features), "lora_E": (k, 1), "lora_B": (self.out_features, k)}
+        for key, src in state.items():
+            if tuple(src.shape) != want[key] or k > self.rank:
                 raise ValueError(
-                    f"{where}.{key}: shape {tuple(src.shape)} in the file but {tuple(target.shape)} in the model "
+                    f"{where}.{key}: shape {tuple(src.shape)} in the file but {tuple(own[key].shape)} in the model "
                     "(rank from rank_pattern/init_r) — was this adapter trained on a different base model?"
                 )
-            with torch.no_grad():
-                target.copy_(src.to(dtype=target.dtype, device=target.device))
-        self.kept = None
+        with torch.no_grad():
+            for key, target in own.items():
+                src = state[key].to(dtype=target.dtype, device=target.device)
+                (target[:, :k] if key == "lora_B" else target[:k]).copy_(src)
+            self.lora_E[k:].zero_()
+        self.kept = None if k == self.rank else torch.arange(self.rank, device=self.lora_E.device) < k
 
     @classmethod
     def make_callbacks(cls, model: nn.Module, config: AdapterConfig, name: str, total_steps: int) -> list[Any]:

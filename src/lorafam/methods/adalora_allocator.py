@@ -119,13 +119,15 @@ class AdaLoraAllocator(Callback):
         if not groups:
             return None
         total, count = None, 0
-        for (_, _shape), mats in groups.items():
-            m = torch.stack(mats)  # (n, r, d): every matrix as rows to be made orthonormal
-            cov = m @ m.transpose(1, 2)  # (n, r, r)
-            eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-            part = torch.linalg.matrix_norm(cov - eye).sum()
-            total = part if total is None else total + part
-            count += len(mats)
+        device = self.slots[0][1].lora_A.device
+        with torch.autocast(device.type, enabled=False):  # deviations from I are tiny: never in bf16
+            for mats in groups.values():
+                m = torch.stack(mats).float()  # (n, r, d): every matrix as rows to be made orthonormal
+                cov = m @ m.transpose(1, 2)  # (n, r, r)
+                eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+                part = torch.linalg.matrix_norm(cov - eye).sum()
+                total = part if total is None else total + part
+                count += len(mats)
         loss = self.config.orth_reg_weight * total / count
         self._orth = float(loss.detach())
         return loss
@@ -232,6 +234,8 @@ class AdaLoraAllocator(Callback):
 
     # -- resume -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Everything needed for an exact resume, including the full P/Λ/Q: the adapter files of a checkpoint
+        hold only the kept triplets, while masked ones keep training and can come back."""
         return {
             "total_step": self.total_step,
             "budget": self.budget,
@@ -239,13 +243,20 @@ class AdaLoraAllocator(Callback):
             "exp_avg_ipt": {k: v.clone() for k, v in self.exp_avg_ipt.items()},
             "exp_avg_unc": {k: v.clone() for k, v in self.exp_avg_unc.items()},
             "kept": {p: (None if a.kept is None else a.kept.tolist()) for p, a in self.slots},
+            "weights": {k: p.detach().clone() for k, p in self._params()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:  # a checkpoint written before this callback existed: start the statistics afresh
+            return
         self.total_step = state["total_step"]
         self.budget, self.final = state["budget"], state["final"]
         self.exp_avg_ipt = dict(state["exp_avg_ipt"])
         self.exp_avg_unc = dict(state["exp_avg_unc"])
+        with torch.no_grad():
+            for key, p in self._params():
+                if key in state.get("weights", {}):
+                    p.copy_(state["weights"][key].to(dtype=p.dtype, device=p.device))
         pattern = {}
         for path, ad in self.slots:
             kept = state["kept"].get(path)

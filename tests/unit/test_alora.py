@@ -107,12 +107,12 @@ def test_bad_attach_and_merge():
 
 def test_unload_removes_the_hook_and_config_round_trips():
     model = lf.tiny_llama()
-    n_hooks = len(model._forward_pre_hooks)
+    n_hooks = len(model.model._forward_pre_hooks)
     cfg = lf.ALoraConfig(invocation_tokens=INV, invocation_string="x", rank=4)
     lf.attach(model, cfg)
-    assert len(model._forward_pre_hooks) == n_hooks + 1 and "default" in activation_states(model)
+    assert len(model.model._forward_pre_hooks) == n_hooks + 1 and "default" in activation_states(model)
     lf.unload(model)
-    assert len(model._forward_pre_hooks) == n_hooks and activation_states(model) == {}
+    assert len(model.model._forward_pre_hooks) == n_hooks and activation_states(model) == {}
     assert lf.ALoraConfig.from_dict(cfg.to_dict()) == cfg
 
 

@@ -89,6 +89,16 @@ def test_hidden_states_and_kv_before_invocation_equal_base_exactly():
     assert changed, "the adapter changed nothing after the invocation"
 
 
+def test_calling_the_decoder_body_directly_sees_the_invocation():
+    """A chunked loss runs ``model.base_model(...)`` and applies the head itself: same hidden states."""
+    model = _alora_model()
+    x = _batch()
+    with torch.no_grad():
+        full = model(x, output_hidden_states=True).hidden_states[-1]
+        body = model.base_model(input_ids=x).last_hidden_state
+    torch.testing.assert_close(body, full, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_training_gradients_come_only_from_activated_tokens(arch):
     make = {"llama": lf.tiny_llama, "gpt2": lf.tiny_gpt2}[arch]

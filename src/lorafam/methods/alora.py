@@ -14,12 +14,13 @@ t*_b therefore has exactly the base model's hidden states and keys/values, so a 
 history can be reused as is (``lorafam.serve.engine``). Generated tokens come after t*_b and are always adapted.
 
 How the per-token mask reaches the layers: :meth:`ALoraAdapter.on_attach` registers a forward pre-hook on the
-model. Each forward call reads ``input_ids`` and the cache length P and finds the last complete occurrence of the
-invocation inside the call's tokens (absolute start P + i). If the call has none, a call that *continues* the
-previous one (same cache object, P equal to the previous call's end, same batch size) keeps the previous start —
-this is what makes decoding steps after an invoked prompt adapted and decoding steps of an un-invoked row base.
-Otherwise the row is base. An invocation split across two calls is not seen (feed it in one call; the engine
-does). Calls with ``inputs_embeds`` only run as the base model, with a warning (as PEFT does).
+model's decoder body (``model.base_model``; the model itself when it has none), so calls that skip the head (a
+chunked loss) are seen too. Each call reads ``input_ids`` and the cache length P and finds the last complete
+occurrence of the invocation inside the call's tokens (absolute start P + i). If the call has none, a call that
+*continues* the previous one (same cache object, P equal to the previous call's end, same batch size) keeps the
+previous start — this is what makes decoding steps after an invoked prompt adapted and decoding steps of an
+un-invoked row base. Otherwise the row is base. An invocation split across two calls is not seen (feed it in one
+call; the engine does). Calls with ``inputs_embeds`` only run as the base model, with a warning (as PEFT does).
 
 Resolving an invocation *string* (:meth:`ALoraConfig.resolve`): the ids are ``tokenizer.encode(s,
 add_special_tokens=False)`` (PEFT's recipe). Because BPE can merge the string's first/last characters with the
@@ -281,7 +282,11 @@ class ALoraAdapter(LoraAdapter):
                 f"vocabulary (size {vocab}); was it made with another tokenizer?"
             )
         state = ActivationState(name, config.invocation_tokens)
-        handle = model.register_forward_pre_hook(functools.partial(_pre_hook, state), with_kwargs=True)
+        # hook the decoder body (``base_model``): the top model calls it, and so do callers that skip the head
+        # (the trainer's chunked loss runs ``model.base_model(...)`` directly)
+        body = getattr(model, "base_model", None)
+        target = body if isinstance(body, nn.Module) else model
+        handle = target.register_forward_pre_hook(functools.partial(_pre_hook, state), with_kwargs=True)
         for _, layer in adapted_layers(model):
             if name in layer.adapters:
                 layer.adapters[name].activation = state

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from lorafam.core.inject import active_adapters, configs, disabled
+from lorafam.serve.fastpath import fast_inference
 
 
 def _encode(tokenizer: Any, prompt: str | Tensor | list[int]) -> Tensor:
@@ -240,7 +241,7 @@ def generate(
     kv = cache.view(reuse) if reuse > 0 else DynamicCache()
     keep = _keep_last(model)
     new: list[int] = []
-    with _running(model, names):
+    with _running(model, names), fast_inference(model):
         out = model(input_ids=ids[:, reuse:].to(device), cache=kv, use_cache=True, **keep)
         first_logits = out.logits[0, -1].float().cpu()
         tok = _pick(first_logits, do_sample, temperature, top_k, gen)

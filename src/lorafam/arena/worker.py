@@ -109,31 +109,53 @@ def _probes(
     s: dict[str, Any],
     device: Any,
 ) -> None:
+    """Each probe on its own: a probe that raises is recorded under ``extra["probe_errors"]`` (the run stays ok;
+    its accuracy is already measured) and its number stays ``None``."""
     from lorafam.arena import probes
 
     model = built.model
+    errors: dict[str, str] = {}
+
+    def attempt(name: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - recorded, shown in the report
+            errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+            return None
+
     if reference:
-        tuned = probes.next_token_logprobs(model, gen_ids, fmt.pad_id, device, s)
-        info.forgetting_kl, info.forgetting_top1 = probes.forgetting(reference, tuned)
+        tuned = attempt("forgetting", lambda: probes.next_token_logprobs(model, gen_ids, fmt.pad_id, device, s))
+        if tuned is not None:
+            info.forgetting_kl, info.forgetting_top1 = probes.forgetting(reference, tuned)
     prompt = fmt.encode_prompt(test_items[0].prompt)
     n = int(s.get("decode_tokens", 16))
-    info.decode_tokens_per_s = probes.decode_speed(model, prompt, n, fmt.pad_id, device, s)
+    info.decode_tokens_per_s = attempt(
+        "decode", lambda: probes.decode_speed(model, prompt, n, fmt.pad_id, device, s)
+    )
     if built.disabled is not None:
-        with built.disabled():
-            info.decode_tokens_per_s_base = probes.decode_speed(model, prompt, n, fmt.pad_id, device, s)
-    info.adapter_bytes = probes.adapter_bytes(built)
-    if info.adapter_bytes is None and info.trainable_params == info.total_params and info.total_params:
+
+        def base_speed() -> float:
+            with built.disabled():
+                return probes.decode_speed(model, prompt, n, fmt.pad_id, device, s)
+
+        info.decode_tokens_per_s_base = attempt("decode_base", base_speed)
+    info.adapter_bytes = attempt("adapter_bytes", lambda: probes.adapter_bytes(built))
+    if built.save is None and info.trainable_params == info.total_params and info.total_params:
         info.extra["checkpoint_bytes_bf16_computed"] = 2 * info.total_params  # full FT: the whole model, bf16
-    storage = probes.base_weight_storage(built.adapted_bases)
+    storage = attempt("base_storage", lambda: probes.base_weight_storage(built.adapted_bases))
     if storage is not None:
         info.base_weight_bytes = storage[0]
         info.extra["base_weight_numel"] = storage[1]
     info.mergeable = built.mergeable
     if built.not_mergeable_reason:
         info.extra["not_mergeable_reason"] = built.not_mergeable_reason
-    info.merge_seconds = probes.merge_seconds(built)
+    info.merge_seconds = attempt("merge", lambda: probes.merge_seconds(built))
     if info.settings and built.adapter_config and "peft_type" not in built.adapter_config:
-        info.extra["param_scaling"] = probes.param_scaling(info.extra.get("member", ""), s, fmt)
+        info.extra["param_scaling"] = attempt(
+            "param_scaling", lambda: probes.param_scaling(info.extra.get("member", ""), s, fmt)
+        )
+    if errors:
+        info.extra["probe_errors"] = errors
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,11 +126,13 @@ def chapter(lang: str, data: ReportData, member: Any) -> list[Block]:
         blocks.append(Block("p", u["no_results"]))
         return blocks
     acc_text = say(lang, UI, "acc_text", tasks=", ".join(f"{t} {acc_cell(row, t)}%" for t in data.tasks))
-    merge = (
-        say(lang, UI, "merge_yes", s=row.mean("merge_seconds"))
-        if row.mean("merge_seconds") is not None
-        else say(lang, UI, "merge_no", why=row.extra("not_mergeable_reason") or "—")
-    )
+    probe_errors = row.extra("probe_errors") or {}
+    if row.mean("merge_seconds") is not None:
+        merge = say(lang, UI, "merge_yes", s=row.mean("merge_seconds"))
+    elif "merge" in probe_errors:
+        merge = say(lang, UI, "merge_failed", why=probe_errors["merge"][:120])
+    else:
+        merge = say(lang, UI, "merge_no", why=row.extra("not_mergeable_reason") or "—")
     step = row.mean("seconds_per_step")
     lstep = lora.mean("seconds_per_step") if lora else None
     size = row.mean("adapter_bytes")
@@ -339,6 +341,14 @@ def build_blocks(
                 ],
             ),
         ]
+    probe_errors = [
+        f"{r.run_info.run_id}: {k}: {v}"
+        for row in data.rows
+        for r in row.ok_runs()
+        for k, v in sorted((r.train_info.extra.get("probe_errors") or {}).items())
+    ]
+    if probe_errors:
+        b += [Block("p", u["probe_errors"]), Block("list", items=probe_errors)]
     if data.kept_apart:
         b += [
             Block("h2", u["kept"]),

@@ -439,7 +439,14 @@ def adapter_size(data: ReportData) -> Verdict:
     per = b / t
     est = estimate("llama2-7b", 16)
     mb7 = (est.trainable_params if est else LLAMA2_7B_LORA_R16_PARAMS) * per / 1e6
-    args = {"mb": b / 1e6, "per_param": per, "mb7": mb7, "rank": data.settings.get("rank")}
+    model = data.settings.get("model", "default")
+    args = {
+        "mb": b / 1e6,
+        "per_param": per,
+        "mb7": mb7,
+        "rank": data.settings.get("rank"),
+        "model": "SmolLM2-135M-Instruct" if model == "default" else model,
+    }
     v = MIXED if 100 <= mb7 < 1000 else CONTRADICTED
     return Verdict("adapter_size", v, "size", args, "arXiv 2307.09288")
 

@@ -312,7 +312,7 @@ REASONS: dict[str, dict[str, str]] = {
         "{flat_name} and {steep:.2f}× for {steep_name}. Constant only with prefix reuse.",
         "ft_cost": "Full fine-tuning vs LoRA, same data: {step:.2f}× the step time, {rss:.2f}× the peak memory, "
         "{params:.0f}× the trainable parameters, checkpoint {ckpt_ratio:.0f}× the adapter file.",
-        "size": "Measured LoRA r={rank} adapter on SmolLM2-135M: {mb:.1f} MB ({per_param:.1f} bytes/param). The same "
+        "size": "Measured LoRA r={rank} adapter on {model}: {mb:.1f} MB ({per_param:.1f} bytes/param). The same "
         "rank on all 7 projections of Llama-2-7B would be ≈{mb7:.0f} MB: tens of MB for small models, hundreds only "
         "at 7B and above.",
         "b_longlora_plus": "No: LongLoRA's “LoRA+” means LoRA plus trainable embeddings and norms; Hayou et al.'s "
@@ -371,7 +371,7 @@ REASONS: dict[str, dict[str, str]] = {
         "{steep_name} 增长 {steep:.2f} 倍。只有复用前缀缓存时才近乎不变。",
         "ft_cost": "同样数据下全量微调与 LoRA 相比：每步时间 {step:.2f} 倍，峰值内存 {rss:.2f} 倍，可训练参数 {params:.0f} "
         "倍，检查点大小是适配器文件的 {ckpt_ratio:.0f} 倍。",
-        "size": "实测 SmolLM2-135M 上 r={rank} 的 LoRA 适配器：{mb:.1f} MB（每参数 {per_param:.1f} 字节）。同样的秩放到 "
+        "size": "实测 {model} 上 r={rank} 的 LoRA 适配器：{mb:.1f} MB（每参数 {per_param:.1f} 字节）。同样的秩放到 "
         "Llama-2-7B 的全部 7 个投影上约为 {mb7:.0f} MB：小模型是几十 MB，7B 及以上才到几百 MB。",
         "b_longlora_plus": "不是：LongLoRA 的“LoRA+”指 LoRA 加上可训练的嵌入层和归一化层；Hayou 等人的 LoRA+ 是学习率"
         "比例。名字相同，想法不同。",

@@ -138,3 +138,38 @@ def test_sampling_is_seeded():
     a = lf.generate(model, None, ids, "a1", max_new_tokens=5, do_sample=True, top_k=20, seed=4, eos_token_id=[])
     b = lf.generate(model, None, ids, "a1", max_new_tokens=5, do_sample=True, top_k=20, seed=4, eos_token_id=[])
     assert a.new_ids == b.new_ids and len(a.new_ids) == 5
+
+
+@pytest.mark.parametrize(("n", "own"), [(4, 4), (1, 7), (3, 9)])
+def test_split_attention_equals_sdpa_on_the_concatenation(n, own):
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    from lorafam.serve.fastpath import split_attention
+
+    g = torch.Generator().manual_seed(n + own)
+    q = torch.randn(2, 6, n, 16, generator=g)
+    pk, pv = torch.randn(2, 2, 30, 16, generator=g), torch.randn(2, 2, 30, 16, generator=g)
+    k, v = torch.randn(2, 2, own, 16, generator=g), torch.randn(2, 2, own, 16, generator=g)
+    keys, values = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+    total = 30 + own
+    mask = torch.arange(total)[None, :] <= (total - n + torch.arange(n))[:, None]
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, repeat_kv(keys, 3), repeat_kv(values, 3), attn_mask=mask, scale=0.25
+    ).transpose(1, 2)
+    got = split_attention(q, k, v, (pk, pv), 0.25)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_view_keeps_the_prefix_apart():
+    model = _model()
+    pc = lf.PrefixCache(model, _history())
+    view = pc.view(30, shared=True)
+    layer = view.layers[0]
+    assert view.get_seq_length() == 30 and layer.keys.numel() == 0
+    assert layer.prefix[0].data_ptr() == pc.keys[0].data_ptr()
+    ids = _cat(pc.ids, [7, 9, 50])
+    with torch.no_grad(), lf.active_adapters(model, ["a1"]), lf.serve.fastpath.fast_inference(model) as ours:
+        assert ours
+        model(input_ids=ids[:, 30:], cache=view, use_cache=True)
+    assert layer.keys.shape[2] == ids.shape[1] - 30  # only the call's own tokens are stored
+    assert view.get_seq_length() == ids.shape[1]

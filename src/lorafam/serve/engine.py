@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from lorafam.core.inject import active_adapters, configs, disabled
-from lorafam.serve.fastpath import fast_inference
+from lorafam.serve.fastpath import SharedPrefixLayer, fast_inference
 
 
 def _encode(tokenizer: Any, prompt: str | Tensor | list[int]) -> Tensor:
@@ -85,13 +85,22 @@ class PrefixCache:
     def __len__(self) -> int:
         return self.ids.shape[1]
 
-    def view(self, upto: int | None = None) -> DynamicCache:
-        """A new cache holding the first ``upto`` history tokens (all by default) as slices — no copy."""
+    def view(self, upto: int | None = None, shared: bool = False) -> DynamicCache:
+        """A new cache holding the first ``upto`` history tokens (all by default) as slices — no copy.
+
+        With ``shared=False`` the layers are plain ``DynamicLayer`` s: the first update concatenates the prefix
+        with the new tokens into a new tensor (the shared tensors are never written). ``shared=True`` keeps the
+        prefix apart (:class:`~lorafam.serve.fastpath.SharedPrefixLayer`); it needs lorafam's attention function,
+        i.e. a call inside :func:`~lorafam.serve.fastpath.fast_inference`.
+        """
         upto = len(self) if upto is None else upto
         if not 0 <= upto <= len(self):
             raise ValueError(f"PrefixCache.view: upto={upto} outside [0, {len(self)}]")
         view = DynamicCache()
         for k, v in zip(self.keys, self.values):
+            if shared:
+                view.layers.append(SharedPrefixLayer(k[:, :, :upto], v[:, :, :upto]))
+                continue
             layer = DynamicLayer()
             layer.lazy_initialization(k, v)
             layer.keys, layer.values = k[:, :, :upto], v[:, :, :upto]
@@ -238,10 +247,10 @@ def generate(
     stop = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     device = _device(model)
-    kv = cache.view(reuse) if reuse > 0 else DynamicCache()
     keep = _keep_last(model)
     new: list[int] = []
-    with _running(model, names), fast_inference(model):
+    with _running(model, names), fast_inference(model) as ours:
+        kv = cache.view(reuse, shared=ours) if reuse > 0 else DynamicCache()
         out = model(input_ids=ids[:, reuse:].to(device), cache=kv, use_cache=True, **keep)
         first_logits = out.logits[0, -1].float().cpu()
         tok = _pick(first_logits, do_sample, temperature, top_k, gen)

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace, input_fn=input) -> int:  # input_fn: tests fee
     try:
         model, tok = load_for_inference(args.model, args.adapter, args.ignore_base_mismatch, args.device)
     except (AdapterMismatchError, FileNotFoundError, ValueError, KeyError) as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {exc}", highlight=False)
         return 1
     base = [{"role": "system", "content": args.system}] if args.system else []
     history = list(base)

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.quantization_bit}-bit" if args.quantization_bit else ("bf16" if args.bf16 else "fp32")
             )
     except (ConfigError, ValueError, FileNotFoundError) as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {exc}", highlight=False)
         return 1
     if args.json:
         print(json.dumps(est.as_dict(), indent=2))

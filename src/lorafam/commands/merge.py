@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from lorafam.core.checkpoint import atomic_write_dir
     from lorafam.family import spec_for_config
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     out = Path(args.output)
     if out.exists() and any(out.iterdir()) and not args.force:
         err.print(f"[red]error:[/] --output {out} exists and is not empty; pass --force to replace it")

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             max_samples=cfg.max_samples,
         )
     except (ConfigError, DatasetError, FileNotFoundError) as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {exc}", highlight=False)
         return 1
     train_ex, val_ex = split(examples, cfg.val_size, cfg.seed)
     stats.train, stats.val = len(train_ex), len(val_ex)

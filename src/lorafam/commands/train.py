@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from lorafam.data.formats import DatasetError
     from lorafam.train.config import ConfigError, load_config
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:

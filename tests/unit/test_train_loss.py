@@ -53,3 +53,27 @@ def test_unchunked_path_agrees():
     b, m = causal_lm_loss(model, batch, chunked=False)
     assert n == m == 14
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_fused_head_gradients_for_a_trainable_head_with_softcap():
+    """The chunk-wise gradient formulas (hidden, weight, bias; scale and soft-cap) against autograd."""
+    from lorafam.train.loss import _ChunkedHeadCE
+
+    torch.manual_seed(0)
+    h = torch.randn(10, 6, requires_grad=True)
+    w = torch.randn(20, 6, requires_grad=True)
+    b = torch.randn(20, requires_grad=True)
+    y = torch.randint(0, 20, (10,))
+    for scale, cap in ((None, None), (0.5, None), (None, 3.0), (2.0, 5.0)):
+        z = F.linear(h, w, b)
+        if scale is not None:
+            z = z * scale
+        if cap is not None:
+            z = torch.tanh(z / cap) * cap
+        ref = F.cross_entropy(z, y, reduction="sum")
+        ref_grads = torch.autograd.grad(ref, (h, w, b))
+        got = _ChunkedHeadCE.apply(h, w, b, y, 3, scale, cap)
+        grads = torch.autograd.grad(2.0 * got, (h, w, b))
+        torch.testing.assert_close(got, ref)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, 2.0 * r, atol=1e-5, rtol=1e-5)

@@ -205,3 +205,15 @@ def test_long_context_claims_and_benchmark_files(tmp_path: Path) -> None:
     assert verdicts["alora"]["args"]["steep"] == pytest.approx(8.0)
     en = paths["en.md"].read_text()
     assert "figures/s2attn.png" in en and "figures/ttft.png" in en and "alora_ttft.json" in en
+
+
+def test_ttft_series_reads_the_alora_benchmark_layout() -> None:
+    from lorafam.report.claims import _ttft_series
+
+    rows = [
+        {"threads": t, "history_tokens": n, "median_ms": {"reuse": 50.0 * t, "reprefill": n / 4.0}}
+        for t in (1, 2)
+        for n in (512, 2048)
+    ]
+    series = _ttft_series({"data": {"rows": rows}})
+    assert series == {"reuse": [(512.0, 0.1), (2048.0, 0.1)], "reprefill": [(512.0, 0.128), (2048.0, 0.512)]}

@@ -370,23 +370,30 @@ def mopeft_routes(data: ReportData) -> Verdict:
 
 
 def _ttft_series(bench: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
-    """{series name: [(history length, seconds)]} from an aLoRA TTFT results file of any reasonable shape."""
+    """{series: [(history tokens, seconds)]} from an aLoRA TTFT results file.
+
+    Understands ``benchmarks/alora_ttft.py`` (``rows`` with ``history_tokens``, ``threads`` and ``median_ms`` per
+    path; the largest thread count is used) and, generically, records with a history field and ``*ttft*`` keys.
+    """
     data = bench.get("data")
     records = (
         data
         if isinstance(data, list)
         else next((v for v in (data or {}).values() if isinstance(v, list) and v and isinstance(v[0], dict)), [])
     )
+    records = [r for r in records if isinstance(r, dict)]
+    threads = [r["threads"] for r in records if isinstance(r.get("threads"), int)]
+    if threads:
+        records = [r for r in records if r.get("threads") == max(threads)]
     series: dict[str, list[tuple[float, float]]] = {}
     for rec in records:
-        if not isinstance(rec, dict):
-            continue
         x = next((v for k, v in rec.items() if "hist" in k.lower() or "context" in k.lower()), None)
         if not isinstance(x, (int, float)):
             continue
-        for k, v in rec.items():
-            if "ttft" in k.lower() and isinstance(v, (int, float)):
-                series.setdefault(k, []).append((float(x), float(v)))
+        values = {k: v / 1000 for k, v in (rec.get("median_ms") or {}).items() if isinstance(v, (int, float))}
+        values.update({k: v for k, v in rec.items() if "ttft" in k.lower() and isinstance(v, (int, float))})
+        for k, v in values.items():
+            series.setdefault(k, []).append((float(x), float(v)))
     return {k: sorted(v) for k, v in series.items() if len(v) >= 2}
 
 

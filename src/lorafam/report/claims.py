@@ -404,7 +404,10 @@ def alora_latency(data: ReportData) -> Verdict:
     if not series:
         return Verdict("alora", NM, "needs_bench", {"script": "benchmarks/alora_ttft.py"}, cite)
     growth = {k: v[-1][1] / v[0][1] for k, v in series.items() if v[0][1] > 0}
-    flat = min(growth.values())
+    # the claim is about aLoRA with the history's cache reused: judge the reuse path(s), not base decoding
+    reuse = {k: g for k, g in growth.items() if "reuse" in k.lower() and "prefill" not in k.lower()} or growth
+    flat_name = min(reuse, key=reuse.get)
+    flat = reuse[flat_name]
     steep = max(growth.values())
     x0, x1 = next(iter(series.values()))[0][0], next(iter(series.values()))[-1][0]
     args = {
@@ -413,7 +416,7 @@ def alora_latency(data: ReportData) -> Verdict:
         "steep": steep,
         "x0": x0,
         "x1": x1,
-        "flat_name": min(growth, key=growth.get),
+        "flat_name": flat_name,
         "steep_name": max(growth, key=growth.get),
     }
     return Verdict("alora", SUPPORTED if flat <= 1.5 else MIXED, "ttft", args, cite)

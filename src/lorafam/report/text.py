@@ -309,7 +309,7 @@ REASONS: dict[str, dict[str, str]] = {
         "LoRA {diff:+.1f} points (floor ±{floor:.1f}).",
         "needs_bench": "Needs the TTFT probe results file ({script}); none found.",
         "ttft": "From {file}: from history {x0:.0f} to {x1:.0f} tokens, TTFT grows {flat:.2f}× for "
-        "{flat_name} and {steep:.2f}× for {steep_name}. Constant only with prefix reuse.",
+        "{flat_name} (history reused) and {steep:.2f}× for {steep_name}.",
         "ft_cost": "Full fine-tuning vs LoRA, same data: {step:.2f}× the step time, {rss:.2f}× the peak memory, "
         "{params:.0f}× the trainable parameters, checkpoint {ckpt_ratio:.0f}× the adapter file.",
         "size": "Measured LoRA r={rank} adapter on {model}: {mb:.1f} MB ({per_param:.1f} bytes/param). The same "
@@ -368,7 +368,7 @@ REASONS: dict[str, dict[str, str]] = {
         "{diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）。",
         "needs_bench": "需要首 token 延迟探针的结果文件（{script}）；未找到。",
         "ttft": "来自 {file}：历史从 {x0:.0f} 增加到 {x1:.0f} 个 token 时，{flat_name} 的首 token 延迟增长 {flat:.2f} 倍，"
-        "{steep_name} 增长 {steep:.2f} 倍。只有复用前缀缓存时才近乎不变。",
+        "{steep_name} 增长 {steep:.2f} 倍（前者复用历史缓存）。",
         "ft_cost": "同样数据下全量微调与 LoRA 相比：每步时间 {step:.2f} 倍，峰值内存 {rss:.2f} 倍，可训练参数 {params:.0f} "
         "倍，检查点大小是适配器文件的 {ckpt_ratio:.0f} 倍。",
         "size": "实测 {model} 上 r={rank} 的 LoRA 适配器：{mb:.1f} MB（每参数 {per_param:.1f} 字节）。同样的秩放到 "

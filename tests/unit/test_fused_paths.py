@@ -102,3 +102,21 @@ def test_dora_as_second_adapter_takes_the_general_path():
     expected = base_out + first.delta_output(x, base_out, layer.base_layer)
     expected = expected + second.delta_output(x, base_out, layer.base_layer)
     torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_inference_cache_follows_weight_updates(name):
+    """The decode path caches Aᵀ and s·Bᵀ: training steps, loads and rescaling must invalidate it."""
+    layer, ad = _layer(CONFIGS[name]())
+    x = torch.randn(1, 1, 24)
+    with torch.no_grad():
+        before = layer(x).clone()
+        ad.lora_B.add_(0.3)  # an optimizer step updates in place
+        torch.testing.assert_close(layer(x), _general(layer, x), atol=1e-5, rtol=1e-5)
+        assert (layer(x) - before).abs().max() > 1e-3
+        ad.load_state_dict({k: v + 0.1 for k, v in ad.state_dict().items()})
+        torch.testing.assert_close(layer(x), _general(layer, x), atol=1e-5, rtol=1e-5)
+        ad.lora_A.data = ad.lora_A.data * 2  # new storage
+        torch.testing.assert_close(layer(x), _general(layer, x), atol=1e-5, rtol=1e-5)
+        ad.scaling = ad.scaling / 2
+        torch.testing.assert_close(layer(x), _general(layer, x), atol=1e-5, rtol=1e-5)

@@ -16,7 +16,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _nn_module
 
 from lorafam.core.config import AdapterConfig
 
@@ -170,6 +172,22 @@ class Adapter(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha}"
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would do more than its ``forward``: hooks (own or global), a compiled call."""
+    m = _nn_module
+    return bool(
+        module._compiled_call_impl is not None
+        or module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+        or m._global_forward_hooks
+        or m._global_forward_pre_hooks
+        or m._global_backward_hooks
+        or m._global_backward_pre_hooks
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 class AdaptedLayer(nn.Module):
     """A base layer plus named adapters. ``forward`` = base(x) + Σ active adapters' contributions.
@@ -203,7 +221,11 @@ class AdaptedLayer(nn.Module):
         self.active.append(name)
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        base_out = self.base_layer(x, *args, **kwargs)
+        base = self.base_layer
+        if type(base) is nn.Linear and not (args or kwargs or _has_hooks(base)):
+            base_out = F.linear(x, base.weight, base.bias)  # what nn.Linear.__call__ does, minus its overhead
+        else:
+            base_out = base(x, *args, **kwargs)
         if self.disabled:
             return base_out
         out = base_out

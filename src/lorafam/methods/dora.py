@@ -142,12 +142,17 @@ class DoraAdapter(LoraAdapter):
         if not fusable:
             return super().add_output(x, out, base_out, base)
         g = self._scale(base)  # (out,)
-        h = F.linear(self.lora_input(x), self.lora_A)  # (..., r)
         bias = base_bias(base)
         w0x = base_out if bias is None else base_out - bias
-        n_out, r = w0x.shape[-1], h.shape[-1]
-        # y = W0 x + s · h Bᵀ: (N, out) + s · (N, r) @ (r, out)
-        y = torch.addmm(w0x.reshape(-1, n_out), h.reshape(-1, r), self.lora_B.t(), alpha=self.scaling)
+        if not torch.is_grad_enabled() and x.dtype == out.dtype == self.lora_A.dtype:
+            a_t, sb_t = self.inference_weights()  # cached Aᵀ, s·Bᵀ
+            h = torch.mm(x.reshape(-1, self.in_features), a_t)  # (N, r)
+            y = torch.addmm(w0x.reshape(-1, self.out_features), h, sb_t)
+        else:
+            h = F.linear(self.lora_input(x), self.lora_A)  # (..., r)
+            n_out, r = w0x.shape[-1], h.shape[-1]
+            # y = W0 x + s · h Bᵀ: (N, out) + s · (N, r) @ (r, out)
+            y = torch.addmm(w0x.reshape(-1, n_out), h.reshape(-1, r), self.lora_B.t(), alpha=self.scaling)
         g = g.to(y.dtype)
         if torch.is_grad_enabled():
             y = y * g

@@ -225,8 +225,9 @@ MEMBERS: dict[str, FamilyMember] = {
         arxiv="2303.10512",
         idea="Write ΔW as PΛQ (SVD form) and move rank from unimportant to important matrices while training.",
         parent="lora",
+        train_options={"lr": 5e-3},
         in_peft=True,
-        notes="Rank allocation is a trainer callback; recommended lr 2e-3 (see docs/adalora.md).",
+        notes="Rank allocation is a trainer callback; recommended lr 5e-3 (Λ starts at zero; docs/adalora.md).",
     ),
     "alora": FamilyMember(
         name="alora",

@@ -29,6 +29,9 @@ from lorafam.core.adapter import Adapter
 from lorafam.core.config import AdapterConfig
 
 RANKNUM_EPS = 1e-5  # PEFT and the reference code divide by (ranknum + 1e-5); kept for bit-level parity
+RECOMMENDED_LR = 5e-3
+"""AdamW learning rate that learns on the default model with the default config (25× LoRA's 2e-4: Λ starts at
+zero and only its r values per matrix carry the update at first). Measured: benchmarks/adalora.py, docs/adalora.md."""
 PEFT_KEYS = ("init_r", "target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight", "total_step")
 
 
@@ -37,8 +40,9 @@ class AdaLoraConfig(AdapterConfig):
     """AdaLoRA. ``rank`` is an alias of ``init_rank``; when both are given, ``init_rank`` wins (the trainer
     always passes its generic ``lora_rank`` as ``rank``).
 
-    Recommended on the default model: ``lr=2e-3`` with the default ``init="orthonormal"`` (see docs/adalora.md
-    for the measurements; PEFT's std-0.02 init at lr 2e-4 barely moves the loss because Λ starts at zero).
+    Recommended: AdamW at ``RECOMMENDED_LR`` (5e-3) with the default ``init="orthonormal"`` and ``alpha=16``
+    (docs/adalora.md has the measurements; PEFT's defaults at lr 2e-4 leave the loss where it was after 10 steps,
+    because Λ starts at zero).
     """
 
     method: ClassVar[str] = "adalora"

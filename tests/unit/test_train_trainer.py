@@ -200,3 +200,17 @@ def test_loraplus_groups_are_used(setup):
     opt = lf.make_optimizer(model, lr=1e-3, loraplus_ratio=loraplus_ratio(cfg))
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs["b"] == pytest.approx(16 * lrs["a"])
+
+
+def test_gradient_checkpointing_gives_the_same_run(setup):
+    a = run(setup, "gc0", max_steps=3, learning_rate=1e-3)
+    b = run(setup, "gc1", max_steps=3, learning_rate=1e-3, gradient_checkpointing=True)
+    assert max_diff(adapter(a.adapter_dir), adapter(b.adapter_dir)) < 1e-6
+
+
+def test_packing_and_bf16_runs(setup):
+    packed = run(setup, "packed", max_steps=2, packing=True, per_device_train_batch_size=1, cutoff_len=256)
+    assert packed.data["packed_rows"] < 48 and packed.steps == 2
+    res = run(setup, "bf16", max_steps=2, bf16=True)
+    assert all(t.dtype == torch.float32 for t in adapter(res.adapter_dir).values())
+    assert torch.isfinite(torch.tensor(res.final_loss))

@@ -214,3 +214,12 @@ def test_packing_and_bf16_runs(setup):
     res = run(setup, "bf16", max_steps=2, bf16=True)
     assert all(t.dtype == torch.float32 for t in adapter(res.adapter_dir).values())
     assert torch.isfinite(torch.tensor(res.final_loss))
+
+
+def test_resume_without_a_checkpoint_starts_fresh(setup):
+    out = setup[0] / "fresh"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"current_steps": 3, "loss": 9.0}\n')  # a run killed before step 1's save
+    res = run(setup, "fresh", max_steps=2, resume_from_checkpoint=True)
+    steps = [json.loads(x)["current_steps"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert res.steps == 2 and steps == [1, 2]

@@ -220,8 +220,10 @@ def _run(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) ->
             cb.load_state_dict(cb_state.get(f"{i}:{cb.name}", {}))
         log.truncate_after(start)
         console.print(f"resumed from {resume_path} at step {start}/{total}")
-    elif cfg.resume_from_checkpoint:
-        console.print("resume_from_checkpoint: no complete checkpoint yet, starting at step 0")
+    else:
+        log.truncate_after(0)  # a run killed before its first checkpoint leaves lines that no longer apply
+        if cfg.resume_from_checkpoint:
+            console.print("resume_from_checkpoint: no complete checkpoint yet, starting at step 0")
     for cb in callbacks:
         cb.on_train_begin(model, total)
 

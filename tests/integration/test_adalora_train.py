@@ -1,4 +1,4 @@
-"""``method: adalora`` through the trainer: the allocator runs with no extra wiring, the ranks end at the target
+"""``lorafam train`` with ``method: adalora``: the allocator runs with no extra wiring, the ranks end at the target
 budget, the saved adapter is sliced to the kept triplets, and PEFT loads it with the same outputs."""
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ import pytest
 import torch
 
 import lorafam as lf
-
-trainer = pytest.importorskip("lorafam.train.trainer")
-config_mod = pytest.importorskip("lorafam.train.config")
+from lorafam.cli import main as cli_main
 
 
 def _tiny_model_dir(root: Path) -> Path:
@@ -68,9 +66,9 @@ disable_progress: true
 plot_loss: false
 """
     )
-    cfg = config_mod.load_config(yaml, [])
-    result = trainer.train(cfg)
-    assert result.steps == 8
+    assert cli_main(["train", str(yaml)]) == 0
+    result = json.loads((tmp_path / "out" / "train_results.json").read_text())
+    assert result["steps"] == 8
 
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     budgets = [r["adalora_budget"] for r in rows if "adalora_budget" in r]
@@ -80,7 +78,7 @@ plot_loss: false
     assert all(a >= b for a, b in zip(budgets, budgets[1:]))  # and never grew back
     assert all(r["adalora_orth_reg"] > 0 for r in rows if "adalora_orth_reg" in r)
 
-    adapter = Path(result.adapter_dir)
+    adapter = Path(result["adapter_dir"])
     saved = json.loads((adapter / "adapter_config.json").read_text())
     assert saved["peft_type"] == "ADALORA" and saved["total_step"] == 8
     assert sum(sum(m) for m in saved["rank_pattern"].values()) == 2 * n_matrices

@@ -9,7 +9,8 @@ Update rule (paper §3.1, scaling as in the authors' code and PEFT):
     P = ``lora_B`` ∈ R^{out×r} (left singular vectors).
 Λ starts at zero (ΔW = 0 at init). P and Q are pushed towards orthonormal by a regulariser and triplets
 (P_:,i, λ_i, Q_i,:) are masked (λ_i ← 0) by importance — both live in the trainer callback of
-:mod:`lorafam.methods.adalora_allocator`, so a plain training loop needs nothing else.
+:mod:`lorafam.methods.adalora_allocator`, so the trainer needs no AdaLoRA-specific code (a hand-written loop
+calls the same hooks).
 
 The scale uses the *initial* rank even after a module has been resized to fewer kept triplets (PEFT's
 ``ranknum``), so slicing the masked triplets away never changes the output.

@@ -9,8 +9,9 @@ Three arms, each in its own fresh process (so peak RSS is that arm's own), run o
                metrics, progress, token counting — everything a real run does; no checkpoint is written).
 - ``peft``:    Hugging Face PEFT LoRA with the same rank/targets in the same bare loop (the peer for memory).
 
-Reported: mean seconds per step (first step excluded) and peak RSS of each arm, and the ratios
-``trainer / bare`` (target ≤ 1.05) and ``trainer RSS / peft RSS`` (target ≤ 0.75). Results go to
+Reported: mean wall and process-CPU seconds per step (first step excluded; CPU time is the steadier figure on
+a shared machine) and peak RSS of each arm, and the ratios ``trainer / bare`` (target ≤ 1.05) and
+``trainer RSS / peft RSS`` (target ≤ 0.75), plus the memory estimate against the trainer's measured peak. Results go to
 ``benchmarks/results/trainer_overhead.json``. Run under the shared lock:
 
     flock /tmp/lorafam-bench.lock python benchmarks/trainer_overhead.py [--steps 4] [--threads 2]
@@ -42,20 +43,45 @@ def _rows(tok, n: int) -> list[list[int]]:
     return [ids[i * SEQ : (i + 1) * SEQ] for i in range(n)]
 
 
-def _bare_loop(model, batch, steps: int) -> list[float]:
+def _bare_loop(model, batch, steps: int) -> tuple[list[float], list[float]]:
+    """(wall seconds, process CPU seconds) of each step."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    times = []
+    wall, cpu = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = model(**batch)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-    return times
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu
+
+
+def _timer_callback():
+    """A trainer callback recording wall and CPU time between consecutive optimizer steps."""
+    from lorafam.train.callbacks import Callback
+
+    class Timer(Callback):
+        name = "timer"
+
+        def __init__(self) -> None:
+            self.marks: list[tuple[float, float]] = []
+
+        def on_train_begin(self, model, total_steps) -> None:
+            self.marks = [(time.perf_counter(), time.process_time())]
+
+        def on_optimizer_step(self, step, model) -> None:
+            self.marks.append((time.perf_counter(), time.process_time()))
+
+        def deltas(self) -> tuple[list[float], list[float]]:
+            pairs = list(zip(self.marks, self.marks[1:]))
+            return [b[0] - a[0] for a, b in pairs], [b[1] - a[1] for a, b in pairs]
+
+    return Timer()
 
 
 def arm(name: str, steps: int, workdir: Path) -> dict:
@@ -71,14 +97,14 @@ def arm(name: str, steps: int, workdir: Path) -> dict:
     if name == "bare":
         model = lf.load_model().train()
         lf.attach(model, lf.LoraConfig(rank=RANK, alpha=2 * RANK, targets="all-linear"))
-        times = _bare_loop(model, batch, steps)
+        wall, cpu = _bare_loop(model, batch, steps)
     elif name == "peft":
         import peft
 
         model = lf.load_model().train()
         targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         model = peft.get_peft_model(model, peft.LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=targets))
-        times = _bare_loop(model, batch, steps)
+        wall, cpu = _bare_loop(model, batch, steps)
     elif name == "trainer":
         from lorafam.train.config import make_config
         from lorafam.train.trainer import train
@@ -104,16 +130,19 @@ def arm(name: str, steps: int, workdir: Path) -> dict:
                 "plot_loss": False,
             }
         )
-        res = train(cfg)
-        times = [res.seconds_per_step]  # already excludes the first step
-        rows_seen = res.data
-        assert rows_seen["truncated"] == BATCH, "rows must be exactly SEQ tokens"
+        timer = _timer_callback()
+        res = train(cfg, extra_callbacks=[timer])
+        assert res.data["truncated"] == BATCH, "rows must be exactly SEQ tokens"
+        wall, cpu = timer.deltas()  # step k's interval: from the end of step k-1 (collate, logging included)
     else:
         raise ValueError(name)
-    timed = times[1:] if len(times) > 1 else times
+    wall, cpu = wall[1:], cpu[1:]  # the first step warms up
     return {
         "arm": name,
-        "seconds_per_step": sum(timed) / len(timed),
+        "seconds_per_step": sum(wall) / len(wall),
+        "cpu_seconds_per_step": sum(cpu) / len(cpu),
+        "wall_per_step": wall,
+        "cpu_per_step": cpu,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
         "threads": torch.get_num_threads(),
     }
@@ -160,6 +189,8 @@ def main() -> int:
         "steps_per_arm": args.steps,
         "arms": arms,
         "time_ratio_trainer_over_bare": arms["trainer"]["seconds_per_step"] / arms["bare"]["seconds_per_step"],
+        "cpu_time_ratio_trainer_over_bare": arms["trainer"]["cpu_seconds_per_step"]
+        / arms["bare"]["cpu_seconds_per_step"],
         "rss_ratio_trainer_over_peft": arms["trainer"]["peak_rss_gib"] / arms["peft"]["peak_rss_gib"],
         "estimate_total_gib": est.total,
         "estimate_over_trainer_rss": est.total / arms["trainer"]["peak_rss_gib"],
@@ -175,7 +206,8 @@ def main() -> int:
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(RESULTS)
     print(
-        f"trainer/bare step time {result['time_ratio_trainer_over_bare']:.3f}  "
+        f"trainer/bare step time {result['time_ratio_trainer_over_bare']:.3f} "
+        f"(CPU time {result['cpu_time_ratio_trainer_over_bare']:.3f})  "
         f"trainer/peft peak RSS {result['rss_ratio_trainer_over_peft']:.3f}  "
         f"estimate/measured {result['estimate_over_trainer_rss']:.2f}   → {RESULTS}"
     )

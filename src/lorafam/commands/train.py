@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,17 +37,16 @@ def run(args: argparse.Namespace) -> int:
         from lorafam.train.distributed import launch
 
         return launch(args.nproc, ["train", args.config, *args.overrides])
+    import os
+
     from lorafam.train.trainer import TrainingError, train
 
-    err.print("[dim]resolved config:[/]")
-    err.print(cfg.to_yaml(), highlight=False, markup=False)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 prints
+        err.print("[dim]resolved config:[/]")
+        err.print(cfg.to_yaml(), highlight=False, markup=False)
     try:
         train(cfg)
     except (ConfigError, DatasetError, TrainingError, FileNotFoundError) as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(1)

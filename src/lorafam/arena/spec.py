@@ -145,6 +145,7 @@ def plan(
     seed_list = list(seeds) if seeds is not None else list(b.get("seeds") or [0])
     p = spec.get("peers") or {}
     peft_ok = peers and p.get("peft", True) and _has_peft()
+    peer_seeds = set(b.get("peer_seeds") or seed_list)  # PEFT / full fine-tuning peers: these seeds only
 
     out: list[Experiment] = []
     for task in task_names:
@@ -160,12 +161,12 @@ def plan(
                 if m in extra:
                     continue
                 add("lorafam", m)
-                if peft_ok and MEMBERS[m].in_peft:
+                if peft_ok and MEMBERS[m].in_peft and seed in peer_seeds:
                     add("peft", m)
                     why = _peer_unavailable(MEMBERS[m])
                     if why:
                         out[-1].settings["skip_reason"] = why
-            if peers and p.get("full_ft", True) and (not members or FULL_FT in chosen):
+            if peers and p.get("full_ft", True) and (not members or FULL_FT in chosen) and seed in peer_seeds:
                 add("full", FULL_FT)
     return out
 
@@ -173,7 +174,7 @@ def plan(
 def resolve_settings(spec: dict[str, Any], budget: str, task: str, member: str) -> dict[str, Any]:
     """defaults ← budget ← task override ← member override (budget-only keys removed)."""
     s = dict(spec["defaults"])
-    s.update({k: v for k, v in spec["budgets"][budget].items() if k not in ("tasks", "seeds")})
+    s.update({k: v for k, v in spec["budgets"][budget].items() if k not in ("tasks", "seeds", "peer_seeds")})
     s.update((spec.get("task_overrides") or {}).get(task) or {})
     s.update(_member_train_settings(member))
     s.update((spec.get("member_overrides") or {}).get(member) or {})

@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     )
     console.rule("[bold]lorafam quickstart: LoRA teaches SmolLM2-135M to reverse word lists")
     result = train(cfg)
+    import gc
+
+    gc.collect()  # the training model is gone; free it before loading the base again
 
     rows = [json.loads(line) for line in bundled_path("reverse_words_test").read_text().splitlines()]
     rows = rows[: args.eval_items]

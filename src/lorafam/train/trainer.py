@@ -383,7 +383,20 @@ def _stop(log: MetricsLog, step: int, what: str, last_ckpt: str | None) -> None:
     raise NonFiniteLossError(msg)
 
 
-def _save(cfg, info, out, done, model, optimizer, scheduler, callbacks, tokens_seen, loss_curve, eval_curve, spe):
+def _save(
+    cfg: TrainConfig,
+    info: distributed.DistInfo,
+    out: Path,
+    done: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    callbacks: list,
+    tokens_seen: int,
+    loss_curve: list,
+    eval_curve: list,
+    spe: int,
+) -> str | None:
     """Gather every rank's RNG state and write ``checkpoint-<done>`` from rank 0; returns its path (rank 0)."""
     states = [rng_state()]
     if info.enabled:

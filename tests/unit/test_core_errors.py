@@ -160,3 +160,13 @@ def test_trainable_summary_format():
         == f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
     )
     assert trainable == 2 * (2 * 64 + 64 * 2)
+
+
+def test_loaded_adapter_is_frozen_unless_asked(tmp_path):
+    model = lf.attach(lf.tiny_llama(), lf.LoraConfig(rank=2, targets=["q_proj"]))
+    lf.save_adapter(model, tmp_path / "a")
+    frozen = lf.load_adapter(lf.tiny_llama(), tmp_path / "a")
+    assert not any(p.requires_grad for p in frozen.parameters())
+    trainable = lf.load_adapter(lf.tiny_llama(), tmp_path / "a", trainable=True)
+    names = {n for n, p in trainable.named_parameters() if p.requires_grad}
+    assert names and all(".adapters.default." in n for n in names)

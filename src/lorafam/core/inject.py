@@ -144,6 +144,14 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
     adapter_cls.on_attach(model, config, name)
     if trainable:
         mark_trainable(model, [name])
+    else:  # inference (PEFT's is_trainable=False): base and new adapter frozen, other adapters keep their flags
+        keep = [
+            p for n, p, _, _ in named_adapter_params(model) if p.requires_grad and f".adapters.{name}." not in n
+        ]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in keep:
+            p.requires_grad_(True)
     return model
 
 

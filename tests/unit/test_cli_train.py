@@ -144,3 +144,13 @@ def test_merge_writes_a_plain_model_with_the_same_outputs(setup, tmp_path):
         )
         == 1
     )  # fmt: skip  (exists; --force needed)
+
+
+@pytest.mark.slow
+def test_quickstart_runs_on_the_default_model(tmp_path, capsys):
+    code = main(
+        ["quickstart", "--steps", "2", "--eval-items", "2", "--show", "1", "--output-dir", str(tmp_path / "q")]
+    )
+    assert code == 0
+    assert "exact match on 2 held-out items: base" in capsys.readouterr().out
+    assert (tmp_path / "q" / "adapter" / "adapter_model.safetensors").is_file()

@@ -206,6 +206,11 @@ def test_gradient_checkpointing_gives_the_same_run(setup):
     a = run(setup, "gc0", max_steps=3, learning_rate=1e-3)
     b = run(setup, "gc1", max_steps=3, learning_rate=1e-3, gradient_checkpointing=True)
     assert max_diff(adapter(a.adapter_dir), adapter(b.adapter_dir)) < 1e-6
+    from lorafam.train.build import build_model
+
+    root, model_dir, data = setup
+    model, _ = build_model(make_config(base_config(model_dir, data, root / "x", gradient_checkpointing=True)))
+    assert model.is_gradient_checkpointing
 
 
 def test_packing_and_bf16_runs(setup):

@@ -71,9 +71,12 @@ def build_model(cfg: TrainConfig, device: torch.device | str | None = None) -> t
     if cfg.bf16:
         cast_frozen(model, torch.bfloat16)
     if cfg.gradient_checkpointing:
-        if not hasattr(model, "gradient_checkpointing_enable"):
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
             raise ConfigError(f"gradient_checkpointing: {type(model).__name__} does not support it")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model.config, "use_cache"):
             model.config.use_cache = False
     model.train()

@@ -148,6 +148,35 @@ def arm(name: str, steps: int, workdir: Path) -> dict:
     }
 
 
+def markdown(r: dict) -> str:
+    """The BENCHMARKS.md section for one result file."""
+    a = r["arms"]
+    lines = [
+        "## Trainer overhead and memory (`benchmarks/trainer_overhead.py`)",
+        "",
+        f"SmolLM2-135M, LoRA r={r['rank']} on all linear layers, batch {r['batch']} × {r['seq']} tokens, fp32, "
+        f"{a['bare']['threads']} threads, {r['steps_per_arm']} steps per arm (first excluded), each arm in its "
+        f"own process; load average at the end {r['machine']['load_avg_1m_at_end']:.1f}.",
+        "",
+        "| arm | s/step (wall) | CPU s/step | peak RSS (GiB) |",
+        "|---|---|---|---|",
+    ]
+    for name, label in (("bare", "bare loop (lorafam LoRA, full logits)"), ("trainer", "lorafam trainer"),
+                        ("peft", "PEFT LoRA, bare loop")):  # fmt: skip
+        x = a[name]
+        lines.append(
+            f"| {label} | {x['seconds_per_step']:.2f} | {x['cpu_seconds_per_step']:.2f} | {x['peak_rss_gib']:.2f} |"
+        )
+    lines += [
+        "",
+        f"trainer / bare step time: {r['time_ratio_trainer_over_bare']:.3f} wall, "
+        f"{r['cpu_time_ratio_trainer_over_bare']:.3f} CPU (target ≤ 1.05); trainer / PEFT peak RSS: "
+        f"{r['rss_ratio_trainer_over_peft']:.3f} (target ≤ 0.75); `lorafam estimate` for this run: "
+        f"{r['estimate_total_gib']:.2f} GiB = {r['estimate_over_trainer_rss']:.2f} × the trainer's measured peak.",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4, help="steps per arm (the first is excluded; default 4)")
@@ -205,6 +234,7 @@ def main() -> int:
     tmp = RESULTS.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(RESULTS)
+    print(markdown(result))
     print(
         f"trainer/bare step time {result['time_ratio_trainer_over_bare']:.3f} "
         f"(CPU time {result['cpu_time_ratio_trainer_over_bare']:.3f})  "

@@ -66,6 +66,11 @@ def build_model(cfg: TrainConfig, device: torch.device | str | None = None) -> t
 
     acfg = adapter_config(cfg)
     tok = lf.load_tokenizer(cfg.model_name_or_path)
+    if hasattr(acfg, "resolve"):  # aLoRA: an invocation string becomes token ids with this tokenizer
+        try:
+            acfg = acfg.resolve(tok)
+        except ValueError as exc:
+            raise ConfigError(f"method_args: {exc}") from exc
     model = lf.load_model(cfg.model_name_or_path, device=device)
     lf.attach(model, acfg)
     if cfg.bf16:

@@ -19,13 +19,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from lorafam.core.checkpoint import CONFIG_NAME, PREFIX, WEIGHTS_NAME, _targets_for_file, atomic_write_dir
+from lorafam.core.checkpoint import CONFIG_NAME, PREFIX, WEIGHTS_NAME, atomic_write_dir, file_config
 from lorafam.core.inject import adapted_layers, configs
 
 VLLM_DEFAULT_MAX_RANK = 16  # vLLM's --max-lora-rank default (CONVENTIONS.md §3.2)
@@ -117,16 +116,7 @@ def export_lora(model: nn.Module, out_dir: str | os.PathLike[str], name: str = "
             errors.append(float((delta - approx).norm()) / norm if norm > 0 else 0.0)
         state[f"{PREFIX}{path}.lora_A.weight"] = a.contiguous().cpu()
         state[f"{PREFIX}{path}.lora_B.weight"] = b.contiguous().cpu()
-    peft_cfg: dict[str, Any] = LoraConfig(rank=r, alpha=alpha, targets=cfg.targets).to_peft()
-    peft_cfg.update(
-        {
-            "target_modules": _targets_for_file(model, name),
-            "base_model_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None) or None,
-            "task_type": "CAUSAL_LM",
-            "inference_mode": True,
-            "revision": None,
-        }
-    )
+    peft_cfg = file_config(model, name, LoraConfig(rank=r, alpha=alpha, targets=cfg.targets).to_peft())
 
     def write(tmp: Path) -> None:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "lorafam_export_of": spec.key})

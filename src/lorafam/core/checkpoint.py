@@ -117,13 +117,9 @@ def adapter_state(model: nn.Module, name: str = "default") -> dict[str, torch.Te
     return state
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "default") -> Path:
-    """Write adapter ``name`` to ``path`` in PEFT's layout (atomically). Returns the directory."""
-    cfgs = configs(model)
-    if name not in cfgs:
-        raise ValueError(f"no adapter named {name!r} on this model; attached: {sorted(cfgs)}")
-    config = cfgs[name]
-    peft_cfg: dict[str, Any] = config.to_peft()
+def file_config(model: nn.Module, name: str, peft_cfg: dict[str, Any]) -> dict[str, Any]:
+    """A member's PEFT config dict completed with the keys every adapter file carries."""
+    peft_cfg = dict(peft_cfg)
     peft_cfg.update(
         {
             "target_modules": _targets_for_file(model, name),
@@ -133,6 +129,16 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "de
             "revision": None,
         }
     )
+    return peft_cfg
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "default") -> Path:
+    """Write adapter ``name`` to ``path`` in PEFT's layout (atomically). Returns the directory."""
+    cfgs = configs(model)
+    if name not in cfgs:
+        raise ValueError(f"no adapter named {name!r} on this model; attached: {sorted(cfgs)}")
+    config = cfgs[name]
+    peft_cfg = file_config(model, name, config.to_peft())
     from lorafam.family import spec_for_config
 
     if not spec_for_config(config).peft_compatible or config.quantize is not None:

@@ -189,7 +189,7 @@ def _build_peft(member_name: str, model: nn.Module, settings: dict[str, Any], fo
 @contextlib.contextmanager
 def regime(settings: dict[str, Any], device: torch.device) -> Iterator[None]:
     """The numeric regime of every forward: bf16 autocast when ``bf16`` (the frozen base is stored in bf16)."""
-    if settings.get("bf16", True):
+    if settings.get("bf16", True) is True:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             yield
     else:

@@ -146,6 +146,7 @@ def plan(
     p = spec.get("peers") or {}
     peft_ok = peers and p.get("peft", True) and _has_peft()
     peer_seeds = set(b.get("peer_seeds") or seed_list)  # PEFT / full fine-tuning peers: these seeds only
+    peer_members = set(b["peer_members"]) if b.get("peer_members") else None  # PEFT peers: these members only
 
     out: list[Experiment] = []
     for task in task_names:
@@ -161,7 +162,12 @@ def plan(
                 if m in extra:
                     continue
                 add("lorafam", m)
-                if peft_ok and MEMBERS[m].in_peft and seed in peer_seeds:
+                if (
+                    peft_ok
+                    and MEMBERS[m].in_peft
+                    and seed in peer_seeds
+                    and (peer_members is None or m in peer_members)
+                ):
                     add("peft", m)
                     why = _peer_unavailable(MEMBERS[m])
                     if why:
@@ -174,7 +180,13 @@ def plan(
 def resolve_settings(spec: dict[str, Any], budget: str, task: str, member: str) -> dict[str, Any]:
     """defaults ← budget ← task override ← member override (budget-only keys removed)."""
     s = dict(spec["defaults"])
-    s.update({k: v for k, v in spec["budgets"][budget].items() if k not in ("tasks", "seeds", "peer_seeds")})
+    s.update(
+        {
+            k: v
+            for k, v in spec["budgets"][budget].items()
+            if k not in ("tasks", "seeds", "peer_seeds", "peer_members")
+        }
+    )
     s.update((spec.get("task_overrides") or {}).get(task) or {})
     s.update(_member_train_settings(member))
     s.update((spec.get("member_overrides") or {}).get(member) or {})

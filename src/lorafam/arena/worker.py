@@ -48,7 +48,7 @@ def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
     gen_ids = probes.general_inputs(fmt, int(s.get("forget_prompts", 8))) if s.get("probes", True) else []
     reference = probes.next_token_logprobs(model, gen_ids, fmt.pad_id, device) if gen_ids else []
     built = harness.build(exp.impl, exp.member, model, s, fmt, steps)
-    if s.get("bf16", True):
+    if s.get("bf16", True) is True:
         cast_frozen(built.model)
     model = built.model
     info.adapter_config = built.adapter_config

@@ -369,11 +369,20 @@ def build_blocks(
 def notes(lang: str, data: ReportData, command: str) -> list[Block]:
     u, m = UI[lang], data.meta
     machine = m.get("machine", {})
-    settings = ", ".join(f"{k}={v}" for k, v in sorted(data.settings.items()) if k not in ("user_task",))
+    settings = ", ".join(
+        f"{k}={v}" for k, v in sorted(data.settings.items()) if k not in ("user_task", "bf16_probe")
+    )
     pk = ", ".join(f"{k} {v}" for k, v in sorted(m.get("packages", {}).items()))
+    probe = data.settings.get("bf16_probe") or {}
+    if data.settings.get("bf16") is True:
+        regime = u["regime_bf16"]
+    else:
+        ratio = probe.get("bf16_matmul_s", 0) / probe["fp32_matmul_s"] if probe.get("fp32_matmul_s") else None
+        why = say(lang, UI, "regime_why", ratio=ratio) if ratio else "bf16: false"
+        regime = say(lang, UI, "regime_fp32", why=why)
     b = [
         Block("h2", u["notes"]),
-        Block("p", u["notes_harness"]),
+        Block("p", say(lang, UI, "notes_harness", regime=regime)),
         Block(
             "p",
             say(

@@ -54,7 +54,7 @@ UI: dict[str, dict[str, str]] = {
         "league": "The league table",
         "league_intro": "Mean over seeds; ± is the seed spread (sample standard deviation) when there are two or "
         "more seeds. Accuracy is exact match on held-out items. KL is the forgetting probe (nats/token, base ‖ "
-        "tuned, on {n} fixed general prompts); the base row's KL is the bf16 noise floor of the probe itself.",
+        "tuned, on {n} fixed general prompts); the base row's KL is the noise floor of the probe itself (the numeric regime vs the fp32 reference).",
         "plots": "Plots",
         "claims": "Claims check",
         "notes": "Method notes",
@@ -116,9 +116,12 @@ UI: dict[str, dict[str, str]] = {
         "device: {device}. Versions: lorafam {version} (git {commit}{dirty}), {packages}, Python {python}.",
         "notes_cmd": "Reproduce:",
         "notes_wall": "The arena took {seconds:.0f} s of wall time.",
-        "notes_harness": "All implementations share one harness (same data order, warm-up, clipping, bf16 "
-        "regime with the frozen base stored in bf16, batched greedy decoding); they differ only in how the model "
-        "is built. Each run is its own process; peak RSS is that process's kernel-reported maximum.",
+        "notes_harness": "All implementations share one harness (same data order, warm-up, clipping, numeric "
+        "regime, batched greedy decoding); they differ only in how the model is built. Numeric regime here: "
+        "{regime}. Each run is its own process; peak RSS is that process's kernel-reported maximum.",
+        "regime_bf16": "bf16 autocast with the frozen base stored in bf16, adapters and optimizer state in fp32",
+        "regime_fp32": "fp32 throughout ({why})",
+        "regime_why": "a bf16 matmul measured {ratio:.1f}× slower than fp32 on this CPU",
         "notes_bench": "Probe files reused from benchmarks/results: {files}.",
         "dirty": ", uncommitted changes",
         "pareto_none": "no accuracy above zero yet",
@@ -142,8 +145,7 @@ UI: dict[str, dict[str, str]] = {
         "chapters": "成员逐一介绍",
         "league": "排行榜",
         "league_intro": "数值为各种子的平均；有两个及以上种子时，± 为种子间的样本标准差。准确率是留出题目上的完全匹配率。"
-        "KL 为遗忘探针（每 token 的 nats，基座 ‖ 微调后，在 {n} 条固定的通用提示上）；基座一行的 KL 是探针本身在 bf16 "
-        "下的噪声下限。",
+        "KL 为遗忘探针（每 token 的 nats，基座 ‖ 微调后，在 {n} 条固定的通用提示上）；基座一行的 KL 是探针本身的噪声下限（数值方案相对 fp32 参考）。",
         "plots": "图表",
         "claims": "说法核查",
         "notes": "方法说明",
@@ -201,8 +203,11 @@ UI: dict[str, dict[str, str]] = {
         "版本：lorafam {version}（git {commit}{dirty}），{packages}，Python {python}。",
         "notes_cmd": "复现命令：",
         "notes_wall": "整个竞技场耗时 {seconds:.0f} 秒。",
-        "notes_harness": "所有实现共用同一套测试框架（相同的数据顺序、预热、梯度裁剪、bf16 方案——冻结的基座以 bf16 "
-        "存储、批量贪心解码）；区别只在于模型如何构建。每次运行是一个独立进程；峰值内存取自内核对该进程的统计。",
+        "notes_harness": "所有实现共用同一套测试框架（相同的数据顺序、预热、梯度裁剪、数值方案、批量贪心解码）；区别只在于"
+        "模型如何构建。本次的数值方案：{regime}。每次运行是一个独立进程；峰值内存取自内核对该进程的统计。",
+        "regime_bf16": "bf16 autocast，冻结的基座以 bf16 存储，适配器和优化器状态为 fp32",
+        "regime_fp32": "全程 fp32（{why}）",
+        "regime_why": "在这颗 CPU 上 bf16 矩阵乘法实测比 fp32 慢 {ratio:.1f} 倍",
         "notes_bench": "复用了 benchmarks/results 中的探针结果文件：{files}。",
         "dirty": "，有未提交的修改",
         "pareto_none": "目前没有高于零的准确率",

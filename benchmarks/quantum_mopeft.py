@@ -17,6 +17,7 @@ Run (the lock keeps benchmarks from overlapping):
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from typing import Any
@@ -285,15 +286,20 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--learn-steps", type=int, default=12)
+    ap.add_argument("--part", choices=["all", "speed"], default="all", help="speed: re-time, keep params/learn")
     ap.add_argument("--child", choices=list(SPEED), help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
         child(args.child, 3, args.batch, args.seq)
         return
-    data = {"machine": machine_info(), "params": count_params()}
-    print(data["params"], flush=True)
-    data["learn"] = learn(args.learn_steps)
+    if args.part == "speed" and OUT.exists():  # re-measure speed only; keep the earlier counts and learn runs
+        data = json.loads(OUT.read_text())
+        data["machine"] = machine_info()
+    else:
+        data = {"machine": machine_info(), "params": count_params()}
+        print(data["params"], flush=True)
+        data["learn"] = learn(args.learn_steps)
     data["speed"] = run_speed(args.repeats, args.threads, args.batch, args.seq)
     write_json(OUT, data)
     update_markdown_section("quantum_mopeft", markdown(data))

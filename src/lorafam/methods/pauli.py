@@ -197,7 +197,9 @@ class CircuitBank:
                 out = circuit(theta)  # (G, N, K)
                 if out.requires_grad:
                     out.register_hook(self.clear)
-                for i, (ad, side) in enumerate(group):
-                    results.setdefault(id(ad), {})[side] = out[i]
+                # unbind, not out[i]: one backward node that stacks the G gradients (indexing would add G full-size
+                # zero tensors in backward)
+                for (ad, side), part in zip(group, out.unbind(0)):
+                    results.setdefault(id(ad), {})[side] = part
         self._results = results
         self._keys = {id(ad): self._key(ad) for members in self.groups.values() for ad, _ in members}

@@ -4,13 +4,16 @@ total = weights (at their stored bits) + adapter + its gradients + optimizer sta
 backward + the loss's logits + a runtime constant. Works on named architecture presets (``llama2-7b``...), on a
 local model folder's ``config.json``, or on a :class:`~lorafam.train.config.TrainConfig`.
 
-Activation model for a Llama-style decoder layer, per token, with every projection adapted (the frozen base still
-needs its inputs saved so gradients reach earlier layers): the two RMSNorm inputs and outputs (4h), q and k kept
-for the rotary embedding (h + kv), q/k/v/output kept by attention (2h + 2kv), and the MLP's gate, SiLU, up and
-product tensors (4i) — ``(7h + 3kv + 4i)`` values. Attention uses a fused kernel (no seq×seq matrix). With
-gradient checkpointing only each layer's input (h) is kept, plus one layer's full set during its backward.
-The loss keeps at most ``chunk × vocab`` fp32 logits alive (×3: logits, softmax, gradient); the unchunked path
-keeps ``batch × seq × vocab``. ``test_train_estimate`` compares the total with a measured peak.
+Activation model for a Llama-style decoder layer, per token, with every projection adapted: the two RMSNorm
+inputs and outputs (4h; the normed input is what the LoRA branches keep), what attention keeps (q, k and v after
+the grouped-query repeat, and its output: 4h), the ``o_proj`` input (h), and the MLP's gate, SiLU, up and product
+tensors (4i) — ``9h + 4i`` values. Attention uses a fused kernel (no seq×seq matrix). That saved-tensor count is
+multiplied by :data:`AUTOGRAD_SLACK`: backward's temporaries and the allocator's unreturned memory, measured as
+peak RSS over the count on SmolLM2 (batch 4 × 256, fp32, this CPU; ``benchmarks/trainer_overhead.py``) — a
+calibration from one machine, checked on another shape in ``test_train_estimate``. With gradient checkpointing
+only each layer's input (h) is kept, plus one layer's full set during its backward. The loss keeps at most
+``chunk × vocab`` fp32 logits alive (×3: logits, softmax, gradient); the unchunked path keeps
+``batch × seq × vocab``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Any
 
 GIB = 1024**3
 NF4_BITS = 4.125  # 4-bit codes + one bf16 scale per 64 values, double-quantised (torchao's layout)
-CPU_RUNTIME_GIB = 0.45  # torch + transformers + tokenizer resident after import (measured here: 0.40-0.50)
+CPU_RUNTIME_GIB = 0.6  # torch + transformers + tokenizer: 0.35 resident after import, more once kernels run
+AUTOGRAD_SLACK = 1.6  # measured peak / saved-tensor count (see the module docstring)
 CUDA_RUNTIME_GIB = 0.5  # CUDA context + kernels
 
 
@@ -167,11 +171,11 @@ def estimate_memory(
     adapter = trainable * 4  # adapters and their optimizer state stay fp32
     act_bytes = 2 if bf16 else 4
     tokens = batch_size * seq_len
-    per_layer = 7 * a.hidden + 3 * a.kv_dim + 4 * a.intermediate
+    per_layer = 9 * a.hidden + 4 * a.intermediate
     if gradient_checkpointing:
-        acts = tokens * (a.layers * a.hidden + per_layer) * act_bytes
+        acts = tokens * (a.layers * a.hidden + per_layer) * act_bytes * AUTOGRAD_SLACK
     else:
-        acts = tokens * a.layers * per_layer * act_bytes
+        acts = tokens * a.layers * per_layer * act_bytes * AUTOGRAD_SLACK
     acts += tokens * a.hidden * 4 * 2  # final norm output + gathered hidden states for the loss
     rows = min(loss_chunk_size, tokens) if chunked_loss else tokens
     logits = rows * a.vocab * 4 * 3

@@ -95,6 +95,9 @@ def results(tmp_path: Path) -> Path:
     )
     R.write_result(root / "quick" / "old.json", R.RunResult(run, R.TrainInfo(accuracy=0.99), other))
     R.atomic_write_json(root / "latest.json", {"budget": "quick"})
+    R.atomic_write_json(
+        root / "quick" / "arena.json", {"runs": ["lorafam--lora--add3--s0", "lorafam--dora--add3--s9"]}
+    )
     return root
 
 
@@ -116,7 +119,7 @@ def test_league_table_is_rederived_from_the_json(results: Path, tmp_path: Path) 
     groups: dict[str, list[dict]] = {}
     for p in sorted((results / "quick").glob("*.json")):
         d = json.loads(p.read_text())
-        if d["meta_info"]["lorafam_version"] != META.lorafam_version:
+        if "meta_info" not in d or d["meta_info"]["lorafam_version"] != META.lorafam_version:  # manifest / other
             continue
         ri = d["run_info"]
         label = ri["member"] + (" (PEFT)" if ri["impl"] == "peft" else "")
@@ -163,6 +166,7 @@ def test_report_is_deterministic_bilingual_and_flags_problems(results: Path, tmp
     assert "cannot rank the members" in en and "无法给成员排名" in zh
     assert "## Claims check" in en and "## 说法核查" in zh
     assert "lorafam--longlora--add3--s0" in en and "RuntimeError: boom" in en  # failed run shown, not dropped
+    assert "| lorafam--dora--add3--s9 | not run |" in en  # planned, interrupted: flagged
     assert "old.json: lorafam 0.0.1" in en  # another version: kept apart and flagged
     assert "0.99" not in _table(en, "member").__repr__()  # ... and never mixed into the table
     html = a["en.html"].read_text()
@@ -217,3 +221,15 @@ def test_ttft_series_reads_the_alora_benchmark_layout() -> None:
     ]
     series = _ttft_series({"data": {"rows": rows}})
     assert series == {"reuse": [(512.0, 0.1), (2048.0, 0.1)], "reprefill": [(512.0, 0.128), (2048.0, 0.512)]}
+
+
+def test_both_languages_have_every_template_key() -> None:
+    import re
+
+    from lorafam.report import build, text
+
+    for table in (text.UI, text.CLAIMS, text.REASONS, text.VERDICTS):
+        assert set(table["en"]) == set(table["zh"])
+    used = set(re.findall(r'u\["(\w+)"\]|UI, "(\w+)"', Path(build.__file__).read_text()))
+    for key in {a or b for a, b in used}:
+        assert key in text.UI["en"], key

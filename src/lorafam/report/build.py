@@ -329,7 +329,9 @@ def build_blocks(
                 rows=[[m, str(bits), f"{w:.1f}", f"{t:.1f}"] for m, bits, w, t in est],
             ),
         ]
-    if data.failed or data.skipped:
+    done = {r.run_info.run_id for row in data.rows for r in row.runs}
+    missing = [rid for rid in data.manifest.get("runs", []) if rid not in done]
+    if data.failed or data.skipped or missing:
         b += [
             Block("h2", u["failed"]),
             Block(
@@ -338,7 +340,8 @@ def build_blocks(
                 rows=[
                     [r.run_info.run_id, r.run_info.status, r.run_info.error[:200]]
                     for r in data.failed + data.skipped
-                ],
+                ]
+                + [[rid, u["not_run"], u["not_run_why"]] for rid in missing],
             ),
         ]
     probe_errors = [

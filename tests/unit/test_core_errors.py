@@ -170,3 +170,12 @@ def test_loaded_adapter_is_frozen_unless_asked(tmp_path):
     trainable = lf.load_adapter(lf.tiny_llama(), tmp_path / "a", trainable=True)
     names = {n for n, p in trainable.named_parameters() if p.requires_grad}
     assert names and all(".adapters.default." in n for n in names)
+
+
+def test_adapter_follows_the_model_mode():
+    model = lf.tiny_llama().eval()
+    lf.attach(model, lf.LoraConfig(rank=2, dropout=0.5, targets=["q_proj"]))
+    assert not any(m.training for m in model.modules()), "dropout active in an eval-mode model"
+    x = torch.randint(3, 256, (1, 8))
+    perturb_adapters(model)
+    torch.testing.assert_close(model(x).logits, model(x).logits)

@@ -204,6 +204,7 @@ class AdaptedLayer(nn.Module):
         self.merged: list[str] = []
         self.disabled = False
         self.in_features, self.out_features = base_shape(base_layer)
+        self.train(base_layer.training)  # a wrapper in an eval-mode model starts in eval mode
 
     @property
     def weight(self) -> Tensor:

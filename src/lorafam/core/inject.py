@@ -132,6 +132,7 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
         adapter.to(device=ref.device)
         if hasattr(adapter, "init_from_base"):
             adapter.init_from_base(layer.base_layer)
+        adapter.train(layer.base_layer.training)  # follow the model's mode (no dropout in an eval-mode model)
         layer.add_adapter(name, adapter)
     if quantized_now:  # drop every reference to the float weights (and the file they were mapped from)
         from lorafam.quant.nf4 import release_float_weights

@@ -18,7 +18,7 @@ def cast_frozen(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Mod
     Returns the model.
     """
     for module in model.modules():
-        for name, p in list(module.named_parameters(recurse=False)):
+        for p in list(module.parameters(recurse=False)):
             if p.is_floating_point() and not p.requires_grad and p.dtype != dtype:
                 p.data = p.data.to(dtype)
         for name, b in list(module.named_buffers(recurse=False)):

@@ -23,24 +23,17 @@ def run(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     import lorafam as lf
-    from lorafam.data.dataset import load_examples, split
+    from lorafam.data.dataset import split
     from lorafam.data.encode import IGNORE_INDEX
     from lorafam.data.formats import DatasetError
+    from lorafam.train.build import config_examples
     from lorafam.train.config import ConfigError, load_config
 
     console = Console()
     try:
         cfg = load_config(args.config, args.overrides)
         tok = lf.load_tokenizer(cfg.model_name_or_path)
-        examples, stats = load_examples(
-            cfg.dataset,
-            tok,
-            cfg.cutoff_len,
-            train_on_prompt=cfg.train_on_prompt,
-            template=cfg.template,
-            skip_bad_lines=cfg.skip_bad_lines,
-            max_samples=cfg.max_samples,
-        )
+        examples, stats = config_examples(cfg, tok)
     except (ConfigError, DatasetError, FileNotFoundError) as exc:
         Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {exc}", highlight=False)
         return 1

@@ -50,6 +50,21 @@ def adapter_config(cfg: TrainConfig) -> AdapterConfig:
         raise ConfigError(f"method {cfg.method}: {exc}") from exc
 
 
+def config_examples(cfg: TrainConfig, tok: Any) -> tuple[list[Any], Any]:
+    """The config's dataset, tokenised and masked as training sees it: (examples, load statistics)."""
+    from lorafam.data.dataset import load_examples
+
+    return load_examples(
+        cfg.dataset,
+        tok,
+        cfg.cutoff_len,
+        train_on_prompt=cfg.train_on_prompt,
+        template=cfg.template,
+        skip_bad_lines=cfg.skip_bad_lines,
+        max_samples=cfg.max_samples,
+    )
+
+
 def loraplus_ratio(cfg: TrainConfig) -> float | None:
     """``loraplus_lr_ratio`` from the config, else the member's own (``loraplus`` sets 16)."""
     from lorafam.family import MEMBERS

@@ -128,8 +128,8 @@ def _run(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) ->
 
     import lorafam as lf
     from lorafam.core.inject import count_params
-    from lorafam.data.dataset import collate, epoch_order, load_examples, pack, split, to_rows
-    from lorafam.train.build import build_model, loraplus_ratio
+    from lorafam.data.dataset import collate, epoch_order, pack, split, to_rows
+    from lorafam.train.build import build_model, config_examples, loraplus_ratio
     from lorafam.train.callbacks import callbacks_for
     from lorafam.train.loss import LossModule, shifted_targets
 
@@ -159,15 +159,7 @@ def _run(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) ->
     model, tok = build_model(cfg, info.device)
     trainable, total_params = count_params(model)
     console.print(lf.trainable_summary(model, printer=None))
-    examples, stats = load_examples(
-        cfg.dataset,
-        tok,
-        cfg.cutoff_len,
-        train_on_prompt=cfg.train_on_prompt,
-        template=cfg.template,
-        skip_bad_lines=cfg.skip_bad_lines,
-        max_samples=cfg.max_samples,
-    )
+    examples, stats = config_examples(cfg, tok)
     train_ex, val_ex = split(examples, cfg.val_size, cfg.seed)
     rows = pack(train_ex, cfg.cutoff_len) if cfg.packing else to_rows(train_ex)
     val_rows = to_rows(val_ex)

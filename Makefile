@@ -9,7 +9,7 @@ VENV := .venv/bin
 setup: .venv/.lorafam-setup-done
 
 main: setup
-	$(VENV)/lorafam quickstart
+	$(VENV)/lorafam arena --budget quick && $(VENV)/lorafam report
 
 test: setup
 	$(VENV)/ruff check . && $(VENV)/ruff format --check .

@@ -80,3 +80,28 @@ def test_cast_frozen_without_autocast_runs_mixed_dtypes():
         want = ref(input_ids=ids).logits
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("cfg", [lf.QuantumConfig(rank=4, targets="all-linear"), lf.MixtureConfig(rank=4)])
+def test_adapter_buffers_stay_fp32_and_merge_works_on_a_bf16_base(cfg):
+    """Regression: cast_frozen cast Quantum-PEFT's circuit buffers to bf16, and merging then failed on dtypes."""
+    torch.manual_seed(0)
+    model = lf.attach(lf.tiny_llama(), cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))  # a non-zero update (Λ / B start at zero)
+    lf.cast_frozen(model)
+    adapters = [m for m in model.modules() if isinstance(m, lf.Adapter)]
+    assert adapters and all(b.dtype != torch.bfloat16 for a in adapters for b in a.buffers())
+    model.eval()
+    ids = torch.randint(3, 200, (1, 12))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits.float()
+        if getattr(type(adapters[0]), "mergeable", True):
+            lf.merge(model)
+            merged = model(input_ids=ids).logits.float()
+            lf.unmerge(model)
+            assert (merged - before).abs().max() < 0.1  # bf16 base weights round the merged sum
+        after = model(input_ids=ids).logits.float()
+    assert torch.isfinite(before).all() and (after - before).abs().max() < 0.1

@@ -221,7 +221,7 @@ def train(
             g["lr"] = lr * scale
         batch = {k: v.to(device) for k, v in batch.items()}
         with regime(settings, device):
-            loss = model(**batch).loss
+            loss = answer_loss(model, batch)
             for cb in built.callbacks:
                 extra = cb.extra_loss(model)
                 if extra is not None:
@@ -250,6 +250,26 @@ def train(
         "seconds_per_step": seconds / n,
         "tokens_per_second": tokens / seconds if seconds > 0 else None,
     }
+
+
+def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (answer) positions, with the output head applied only there.
+
+    The same value as ``model(**batch).loss``, but the vocabulary projection (576 × 49,152 on SmolLM2, a fifth of
+    the model's FLOPs per token) runs on the answer tokens only, through transformers' ``logits_to_keep`` (a
+    boolean mask). It goes through the model's own forward, so PEFT's wrappers and hooks (aLoRA offsets) apply
+    unchanged; models without ``logits_to_keep`` fall back to the full loss.
+    """
+    from lorafam.train.loss import shifted_targets
+
+    targets = shifted_targets(batch["labels"])
+    keep = targets != -100
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    try:
+        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+    except TypeError:  # a model class without logits_to_keep
+        return model(**batch).loss
+    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets[keep])
 
 
 @torch.inference_mode()

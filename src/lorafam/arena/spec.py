@@ -158,8 +158,8 @@ def plan(
                 settings = resolve_settings(spec, budget, task, member)
                 out.append(Experiment(impl, member, task, seed, budget, settings))
 
-            if peers and p.get("base", True):
-                add("base", BASE)
+            if peers and p.get("base", True) and seed == seed_list[0]:
+                add("base", BASE)  # the untrained model on the same test split (it depends on data_seed only)
             for m in chosen:
                 if m in extra:
                     continue

@@ -36,6 +36,14 @@ def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
 
     s = exp.settings
     device = torch.device(device_name)
+    phases = {"load": 0.0, "build": 0.0, "train": 0.0, "eval": 0.0, "probes": 0.0}
+    clock = [time.perf_counter()]
+
+    def lap(phase: str) -> None:
+        now = time.perf_counter()
+        phases[phase] += now - clock[0]
+        clock[0] = now
+
     torch.manual_seed(exp.seed)
     random.seed(exp.seed)
     task = make_task(exp.task, {exp.task: s["user_task"]} if "user_task" in s else None)
@@ -43,6 +51,7 @@ def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
     n_train = min(max(steps * int(s["batch_size"]), 1), 4000)
     train_items, test_items = task.split(n_train, int(s["eval_items"]), exp.seed, int(s.get("data_seed", 1234)))
     model, fmt = harness.load_base(s, device)
+    lap("load")
     progress(0.04)
     info = TrainInfo(settings=dict(s), steps=steps, test_items=len(test_items), extra={"member": exp.member})
     gen_ids = probes.general_inputs(fmt, int(s.get("forget_prompts", 8))) if s.get("probes", True) else []
@@ -53,13 +62,17 @@ def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
     model = built.model
     info.adapter_config = built.adapter_config
     info.trainable_params, info.total_params = count_params(model)
+    lap("build")
     progress(0.08)
 
     def evaluate(items: list) -> tuple[float, int, list[str]]:
+        lap("train")  # everything since the last lap was training (or its data preparation)
         preds = harness.generate(
             model, fmt, [ex.prompt for ex in items], task.max_new_tokens, s, device, int(s.get("eval_batch", 20))
         )
         correct = sum(task.check(p, ex.answer) for p, ex in zip(preds, items))
+        lap("eval")
+        phases["evals"] = phases.get("evals", 0) + 1
         return correct / max(len(items), 1), correct, preds
 
     if steps:
@@ -95,6 +108,8 @@ def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
     progress(0.85)
     if s.get("probes", True):
         _probes(info, built, fmt, gen_ids, reference, test_items, s, device)
+    lap("probes")
+    info.extra["phase_seconds"] = {k: round(v, 2) for k, v in phases.items()}  # for `lorafam arena --dry-run`
     progress(1.0)
     return info
 

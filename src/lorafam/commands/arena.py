@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda; the same code either way")
     p.add_argument("--no-peers", action="store_true", help="skip PEFT peers, full fine-tuning and the base run")
     p.add_argument("--timeout", type=float, default=None, help="seconds after which one run is killed (failed)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time (from timings measured here), then exit")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,11 +35,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"lorafam arena: {exc}", file=sys.stderr)
         return 2
+    from lorafam.arena.eta import summarize
+
+    eta = summarize(experiments, args.results)
     if args.dry_run:
         for e in experiments:
             print(e.run_id)
-        print(f"{len(experiments)} runs, budget {args.budget}")
+        print(f"{len(experiments)} runs, budget {args.budget}; {eta['text']}")
         return 0
+    print(f"lorafam arena: {len(experiments)} runs, budget {args.budget}; {eta['text']}", file=sys.stderr)
     outcome = run_arena(experiments, args.results, device=args.device, timeout_s=args.timeout)
     print(
         f"arena {args.budget}: {len(outcome.ran)} ran, {len(outcome.skipped)} already done, "

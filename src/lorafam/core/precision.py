@@ -17,11 +17,18 @@ def cast_frozen(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Mod
     Trainable parameters (adapters, LongLoRA's embeddings/norms) keep their dtype. Call after ``attach``.
     Returns the model.
     """
+    from lorafam.core.adapter import Adapter
+
+    # an adapter's own buffers (Quantum-PEFT's circuit constants, MoPEFT's gate statistics) belong to its fp32
+    # compute, not to the frozen base: casting them would put bf16 constants into fp32 factors
+    adapter_buffers = {
+        id(b) for m in model.modules() if isinstance(m, Adapter) for b in m.buffers() if b.is_floating_point()
+    }
     for module in model.modules():
         for p in list(module.parameters(recurse=False)):
             if p.is_floating_point() and not p.requires_grad and p.dtype != dtype:
                 p.data = p.data.to(dtype)
         for name, b in list(module.named_buffers(recurse=False)):
-            if b.is_floating_point() and b.dtype != dtype and "inv_freq" not in name:
+            if b.is_floating_point() and b.dtype != dtype and "inv_freq" not in name and id(b) not in adapter_buffers:
                 module._buffers[name] = b.to(dtype)
     return model

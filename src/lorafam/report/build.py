@@ -193,7 +193,11 @@ def pick(lang: str, data: ReportData, member: Any, row: Row, lora: Row | None) -
         cons.append(say(lang, UI, "pick_worse", diff=100 * cmp[0], floor=100 * cmp[1], task=task))
     kl, lkl = row.mean("forgetting_kl"), lora.mean("forgetting_kl")
     if kl is not None and lkl is not None and kl < 0.7 * lkl and lkl - kl > 0.01:
-        pros.append(say(lang, UI, "pick_forget", kl=kl, lkl=lkl))
+        if C.learned(row, data, task):
+            pros.append(say(lang, UI, "pick_forget", kl=kl, lkl=lkl))
+        else:  # forgetting little by learning little is no merit
+            gain, floor = C.compare(row, data.row("base", "base"), task) or (0.0, 0.0)
+            cons.append(say(lang, UI, "pick_unmoved", kl=kl, gain=100 * gain, floor=100 * floor, task=task))
     s, ls = row.mean("seconds_per_step"), lora.mean("seconds_per_step")
     if s and ls and s / ls > 1.3:
         cons.append(say(lang, UI, "pick_slow", ratio=s / ls))

@@ -104,7 +104,7 @@ UI: dict[str, dict[str, str]] = {
         "not_run": "not run",
         "not_run_why": "planned by the last arena but no result file (interrupted?); `lorafam arena` again resumes it",
         "pick_intro": "**When to pick it.** ",
-        "pick_params": "when adapter storage matters: {ratio:.2f}× LoRA's parameters",
+        "pick_params": "when adapter storage matters: {ratio:.2g}× LoRA's parameters",
         "pick_acc": "it beat LoRA by {diff:+.1f} points on {task} (beyond the ±{floor:.1f} floor)",
         "pick_forget": "when keeping general behaviour matters: KL {kl:.3f} vs LoRA's {lkl:.3f}",
         "pick_worse": "not for accuracy at this budget: {diff:+.1f} points vs LoRA on {task} (floor ±{floor:.1f})",
@@ -112,6 +112,8 @@ UI: dict[str, dict[str, str]] = {
         "setting (arXiv {arxiv}).",
         "pick_reference": "It is the reference the others are measured against.",
         "pick_slow": "it costs {ratio:.2f}× LoRA's step time",
+        "pick_unmoved": "its low forgetting (KL {kl:.3f}) is not a merit yet: it gained only {gain:+.1f} points over "
+        "the untrained base on {task} (floor ±{floor:.1f}), so it has barely moved the model at this budget",
         "pick_nomerge": "it cannot be merged, so serving keeps the adapter's extra compute",
         "no_results": "No successful run of this member in these records.",
         "notes_budget": "Budget **{budget}**: tasks {tasks}; seeds {seeds}; settings shared by the adapter runs: "
@@ -197,13 +199,15 @@ UI: dict[str, dict[str, str]] = {
         "not_run": "未运行",
         "not_run_why": "上一次竞技场计划了它，但没有结果文件（被中断？）；再次运行 `lorafam arena` 会接着跑",
         "pick_intro": "**什么时候选它。** ",
-        "pick_params": "在意适配器存储时：参数量是 LoRA 的 {ratio:.2f} 倍",
+        "pick_params": "在意适配器存储时：参数量是 LoRA 的 {ratio:.2g} 倍",
         "pick_acc": "它在 {task} 上比 LoRA 高 {diff:+.1f} 个百分点（超出 ±{floor:.1f} 的噪声下限）",
         "pick_forget": "在意保留通用能力时：KL 为 {kl:.3f}，LoRA 为 {lkl:.3f}",
         "pick_worse": "在这个预算下不适合追求准确率：在 {task} 上比 LoRA {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）",
         "pick_nothing": "在这个预算下，它与 LoRA 的差别都没有超出噪声；它的优势要看论文里的设定（arXiv {arxiv}）。",
         "pick_reference": "它是其他成员比较的基准。",
         "pick_slow": "每步时间是 LoRA 的 {ratio:.2f} 倍",
+        "pick_unmoved": "它遗忘少（KL {kl:.3f}）暂时算不上优点：在 {task} 上相对未训练的基座只提高了 {gain:+.1f} 个百分点"
+        "（噪声下限 ±{floor:.1f}），这个预算下它几乎还没改动模型",
         "pick_nomerge": "它无法合并，部署时适配器的额外计算一直存在",
         "no_results": "这些记录里没有该成员的成功运行。",
         "notes_budget": "预算 **{budget}**：任务 {tasks}；种子 {seeds}；适配器运行共用的设置：{settings}。",
@@ -284,9 +288,9 @@ REASONS: dict[str, dict[str, str]] = {
         "general behaviour, but not more than full fine-tuning here.",
         "small_drift": "KL {kl:.3f} nats/token (top-1 agreement {top1:.2f}) above a floor of {floor:.4f}: a small "
         "drift, not wholesale forgetting.",
-        "quarter": "Measured storage of the adapted layers' frozen weights: {bits:.3f} bits/weight for {member} vs "
-        "{ref_bits:.1f} for the bf16 base — {ratio:.3f}×. The block scales cost the extra bit fraction; "
-        "embeddings and norms stay in 16-bit.",
+        "quarter": "Measured storage of the adapted layers' frozen weights: {bits:.3f} bits/weight for {member}, "
+        "{ratio:.3f}× a 16-bit base (the unquantised base in these runs is stored at {ref_bits:.0f} bits). The "
+        "block scales cost the extra fraction of a bit; embeddings and norms are not quantised.",
         "weights_alone": "At the measured {bits:.3f} bits/weight, the 70B weights alone need {weights_gib:.1f} GiB "
         "— more than 24 GB before activations or optimizer state (estimator total: {estimate_gib:.1f} GiB). The "
         "QLoRA paper's own claim is 65B on one 48 GB GPU.",
@@ -298,6 +302,11 @@ REASONS: dict[str, dict[str, str]] = {
         "Not separable at {steps:.0f} steps.",
         "plus_partial": "{diff:+.1f} points on {task} (floor ±{floor:.1f}); reached LoRA's final loss {speedup:.2f}× "
         "sooner; per-step time ratio {step_ratio:.2f}. Part of the claim holds.",
+        "plus_within_noise_noreach": "{diff:+.1f} points vs LoRA on {task}, inside the ±{floor:.1f} noise floor; "
+        "it did not reach LoRA's final (smoothed) loss within the run; per-step time ratio {step_ratio:.2f} (same "
+        "cost per step). Not separable at {steps:.0f} steps.",
+        "plus_partial_noreach": "{diff:+.1f} points on {task} (floor ±{floor:.1f}), but it did not reach LoRA's "
+        "final (smoothed) loss within the run; per-step time ratio {step_ratio:.2f}. Part of the claim holds.",
         "dora_wins": "DoRA − full fine-tuning per task (points, ± floor): {diffs}. Ahead on {wins} of {tasks}.",
         "dora_loses": "DoRA − full fine-tuning per task (points, ± floor): {diffs}. Behind on {losses} of {tasks}.",
         "dora_ties": "DoRA − full fine-tuning per task (points, ± floor): {diffs}. No task separates them.",
@@ -315,7 +324,11 @@ REASONS: dict[str, dict[str, str]] = {
         "q_params": "Trainable parameters {ratio:.3f}× LoRA's; accuracy {diff:+.1f} points vs LoRA (floor "
         "±{floor:.1f}); growth exponent of the parameter count in the layer width: {slope:.2f} (1 = linear like "
         "LoRA, near 0 = logarithmic).",
-        "soft_gates": "Our MoPEFT gates ({router} router, top_k={top_k}) weight every submodule softly rather than "
+        "q_params_noquality": "Trainable parameters {ratio:.3f}× LoRA's; growth exponent of the parameter count "
+        "in the layer width: {slope:.2f} (1 = linear like LoRA, near 0 = logarithmic). Equal quality cannot be "
+        "judged at this budget: LoRA itself gained only {lora_gain:+.1f} points over the untrained base (floor "
+        "±{gain_floor:.1f}), so there is no quality yet to be equal to.",
+        "soft_gates": "Our MoPEFT gates ({router} router, no top-k) weight every submodule softly rather than "
         "picking one, as the paper describes learned gates that activate or weight submodules; vs LoRA "
         "{diff:+.1f} points (floor ±{floor:.1f}).",
         "topk_gates": "Gates keep the top {top_k} submodules ({router} router) — learned, not an oracle 'best'; vs "
@@ -350,8 +363,8 @@ REASONS: dict[str, dict[str, str]] = {
         "但这里并不比全量微调更多。",
         "small_drift": "KL 为每 token {kl:.3f} nats（top-1 一致率 {top1:.2f}），噪声下限 {floor:.4f}：有小幅漂移，"
         "谈不上大面积遗忘。",
-        "quarter": "实测被适配层冻结权重的存储：{member} 为每个权重 {bits:.3f} 比特，bf16 基座为 {ref_bits:.1f} 比特——"
-        "{ratio:.3f} 倍。多出来的零头来自分块缩放因子；嵌入层和归一化层仍是 16 比特。",
+        "quarter": "实测被适配层冻结权重的存储：{member} 为每个权重 {bits:.3f} 比特，是 16 比特基座的 {ratio:.3f} 倍"
+        "（本次未量化的基座以 {ref_bits:.0f} 比特存储）。多出来的零头来自分块缩放因子；嵌入层和归一化层不量化。",
         "weights_alone": "按实测的每权重 {bits:.3f} 比特，70B 模型仅权重就需要 {weights_gib:.1f} GiB——还没算激活值和"
         "优化器状态就已超过 24 GB（估算器总计：{estimate_gib:.1f} GiB）。QLoRA 论文自己的说法是单张 48 GB 显卡微调 65B。",
         "plus_both": "在 {task} 上 {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）；达到 LoRA 最终损失所需步数快 "
@@ -361,6 +374,11 @@ REASONS: dict[str, dict[str, str]] = {
         "最终损失的步数快 {speedup:.2f} 倍；每步时间之比 {step_ratio:.2f}（每步成本相同）。{steps:.0f} 步时无法区分。",
         "plus_partial": "在 {task} 上 {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）；达到 LoRA 最终损失快 {speedup:.2f} 倍；"
         "每步时间之比 {step_ratio:.2f}。说法部分成立。",
+        "plus_within_noise_noreach": "在 {task} 上比 LoRA {diff:+.1f} 个百分点，落在 ±{floor:.1f} 的噪声下限以内；"
+        "训练结束时仍未达到 LoRA 的最终（平滑后）损失；每步时间之比 {step_ratio:.2f}（每步成本相同）。"
+        "{steps:.0f} 步时无法区分。",
+        "plus_partial_noreach": "在 {task} 上 {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}），但训练结束时仍未达到 LoRA "
+        "的最终（平滑后）损失；每步时间之比 {step_ratio:.2f}。说法部分成立。",
         "dora_wins": "各任务上 DoRA − 全量微调（百分点，± 噪声下限）：{diffs}。{tasks} 个任务中领先 {wins} 个。",
         "dora_loses": "各任务上 DoRA − 全量微调（百分点，± 噪声下限）：{diffs}。{tasks} 个任务中落后 {losses} 个。",
         "dora_ties": "各任务上 DoRA − 全量微调（百分点，± 噪声下限）：{diffs}。没有任务能区分两者。",
@@ -375,7 +393,10 @@ REASONS: dict[str, dict[str, str]] = {
         "ll_kv": "在 kv 检索任务上、用完整注意力评测：LongLoRA − LoRA = {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）。",
         "q_params": "可训练参数是 LoRA 的 {ratio:.3f} 倍；准确率比 LoRA {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）；"
         "参数量随层宽增长的指数为 {slope:.2f}（1 表示像 LoRA 那样线性，接近 0 表示对数增长）。",
-        "soft_gates": "我们的 MoPEFT 门控（{router} 路由，top_k={top_k}）对所有子模块做软加权，而不是挑出一个；论文描述的"
+        "q_params_noquality": "可训练参数是 LoRA 的 {ratio:.3f} 倍；参数量随层宽增长的指数为 {slope:.2f}（1 表示像 LoRA "
+        "那样线性，接近 0 表示对数增长）。这个预算下无法判断“质量相当”：LoRA 自己相对未训练的基座只提高了 "
+        "{lora_gain:+.1f} 个百分点（噪声下限 ±{gain_floor:.1f}），还没有可供比较的质量。",
+        "soft_gates": "我们的 MoPEFT 门控（{router} 路由，不取 top-k）对所有子模块做软加权，而不是挑出一个；论文描述的"
         "也是学习得到的、激活或加权子模块的门控。相对 LoRA {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）。",
         "topk_gates": "门控保留前 {top_k} 个子模块（{router} 路由）——是学出来的，不是预知“最佳”；相对 LoRA "
         "{diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）。",

@@ -1,0 +1,128 @@
+"""How long a planned arena will take, from the timings of runs already measured on this machine.
+
+Every finished run records where its time went (``train_info.extra["phase_seconds"]``: load, build, train,
+eval, probes, and the number of evaluations). A planned run is estimated from the closest measured one:
+
+    seconds ≈ fixed (load + build + probes) + steps × s/step + evaluations × items × s/item
+
+with s/step scaled by the batch size, and, when the member was only measured on another task, by the ratio of
+LoRA's step times on the two tasks (members keep their cost relative to LoRA across tasks). Runs with no usable
+record are counted as unknown, never guessed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorafam.arena.results import RunResult, load_results
+from lorafam.arena.spec import Experiment
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-run costs measured for one (impl, member, task)."""
+
+    fixed_s: float
+    step_s: float  # seconds per step at ``batch``
+    batch: int
+    eval_item_s: float
+
+    @classmethod
+    def from_result(cls, r: RunResult) -> Timing | None:
+        t = r.train_info
+        ph = t.extra.get("phase_seconds") if isinstance(t.extra, dict) else None
+        if r.run_info.status != "ok" or not ph:
+            return None
+        evals = max(int(ph.get("evals", 1)), 1)
+        items = max(t.test_items, 1)
+        return cls(
+            fixed_s=float(ph.get("load", 0)) + float(ph.get("build", 0)) + float(ph.get("probes", 0)),
+            step_s=float(t.seconds_per_step or 0.0),
+            batch=int(t.settings.get("batch_size", 1) or 1),
+            eval_item_s=float(ph.get("eval", 0)) / (evals * items),
+        )
+
+
+def measured_timings(folder: str | Path) -> dict[tuple[str, str, str], Timing]:
+    """(impl, member, task) → the newest usable timing among the result files under ``folder`` (any budget)."""
+    out: dict[tuple[str, str, str], Timing] = {}
+    found, _ = load_results(folder)
+    for _, r in sorted(found, key=lambda pr: pr[1].run_info.started_at):
+        timing = Timing.from_result(r)
+        if timing is not None:
+            out[(r.run_info.impl, r.run_info.member, r.run_info.task)] = timing
+    return out
+
+
+def _step_for(
+    timings: dict[tuple[str, str, str], Timing], impl: str, member: str, task: str
+) -> tuple[float, int] | None:
+    """(s/step, its batch) for this run, transferring a member's cost across tasks through LoRA's ratio."""
+    own = timings.get((impl, member, task))
+    if own is not None:
+        return own.step_s, own.batch
+    lora_here = timings.get(("lorafam", "lora", task))
+    for (i, m, t), other in timings.items():
+        lora_there = timings.get(("lorafam", "lora", t))
+        if i == impl and m == member and lora_here and lora_there and lora_there.step_s > 0:
+            per_example = other.step_s / other.batch * (lora_here.step_s / lora_here.batch)
+            per_example /= lora_there.step_s / lora_there.batch
+            return per_example * lora_here.batch, lora_here.batch
+    return None
+
+
+def estimate_run(exp: Experiment, timings: dict[tuple[str, str, str], Timing]) -> float | None:
+    """Estimated wall seconds of one planned run (None when nothing comparable was measured)."""
+    s = exp.settings
+    if s.get("skip_reason"):
+        return 0.0
+    task_ref = timings.get(("lorafam", "lora", exp.task)) or timings.get(("base", "base", exp.task))
+    own = timings.get((exp.impl, exp.member, exp.task))
+    fixed_ref = own or next(
+        (t for (i, m, _), t in timings.items() if i == exp.impl and m == exp.member), task_ref
+    )
+    if fixed_ref is None or task_ref is None:
+        return None
+    steps = 0 if exp.impl == "base" else int(s.get("steps", 0))
+    train = 0.0
+    if steps:
+        step = _step_for(timings, exp.impl, exp.member, exp.task)
+        if step is None:
+            return None
+        step_s, batch = step
+        train = steps * step_s * int(s.get("batch_size", batch)) / batch
+    every = int(s.get("eval_every") or 0)
+    evals = (len(range(every, steps, every)) if every and steps else 0) + 1
+    item_s = (own or task_ref).eval_item_s
+    return fixed_ref.fixed_s + train + evals * int(s.get("eval_items", 0)) * item_s
+
+
+def estimate_plan(
+    experiments: list[Experiment], timings: dict[tuple[str, str, str], Timing]
+) -> tuple[float, list[str]]:
+    """(estimated seconds of the runs that can be estimated, run ids that cannot)."""
+    total, unknown = 0.0, []
+    for exp in experiments:
+        est = estimate_run(exp, timings)
+        if est is None:
+            unknown.append(exp.run_id)
+        else:
+            total += est
+    return total, unknown
+
+
+def describe(total_s: float, unknown: list[str], n_runs: int) -> str:
+    known = n_runs - len(unknown)
+    text = f"estimated {total_s / 60:.0f} min for {known} of {n_runs} runs (from timings measured here)"
+    if unknown:
+        text += f"; no comparable timing yet for {len(unknown)}: {', '.join(unknown[:6])}"
+        text += " …" if len(unknown) > 6 else ""
+    return text
+
+
+def summarize(experiments: list[Experiment], folder: str | Path) -> dict[str, Any]:
+    timings = measured_timings(folder) if Path(folder).exists() else {}
+    total, unknown = estimate_plan(experiments, timings)
+    return {"seconds": total, "unknown": unknown, "text": describe(total, unknown, len(experiments))}

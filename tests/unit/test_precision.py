@@ -88,7 +88,7 @@ def test_adapter_buffers_stay_fp32_and_merge_works_on_a_bf16_base(cfg):
     torch.manual_seed(0)
     model = lf.attach(lf.tiny_llama(), cfg)
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))  # a non-zero update (Λ / B start at zero)
     lf.cast_frozen(model)

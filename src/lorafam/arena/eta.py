@@ -80,9 +80,7 @@ def estimate_run(exp: Experiment, timings: dict[tuple[str, str, str], Timing]) -
         return 0.0
     task_ref = timings.get(("lorafam", "lora", exp.task)) or timings.get(("base", "base", exp.task))
     own = timings.get((exp.impl, exp.member, exp.task))
-    fixed_ref = own or next(
-        (t for (i, m, _), t in timings.items() if i == exp.impl and m == exp.member), task_ref
-    )
+    fixed_ref = own or next((t for (i, m, _), t in timings.items() if i == exp.impl and m == exp.member), task_ref)
     if fixed_ref is None or task_ref is None:
         return None
     steps = 0 if exp.impl == "base" else int(s.get("steps", 0))

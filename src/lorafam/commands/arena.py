@@ -22,7 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda; the same code either way")
     p.add_argument("--no-peers", action="store_true", help="skip PEFT peers, full fine-tuning and the base run")
     p.add_argument("--timeout", type=float, default=None, help="seconds after which one run is killed (failed)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time (from timings measured here), then exit")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan and its estimated time (from timings measured here), then exit",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,6 +29,11 @@ def cast_frozen(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Mod
             if p.is_floating_point() and not p.requires_grad and p.dtype != dtype:
                 p.data = p.data.to(dtype)
         for name, b in list(module.named_buffers(recurse=False)):
-            if b.is_floating_point() and b.dtype != dtype and "inv_freq" not in name and id(b) not in adapter_buffers:
+            if (
+                b.is_floating_point()
+                and b.dtype != dtype
+                and "inv_freq" not in name
+                and id(b) not in adapter_buffers
+            ):
                 module._buffers[name] = b.to(dtype)
     return model

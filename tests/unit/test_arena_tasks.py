@@ -116,9 +116,21 @@ def test_plan_uses_the_registry_and_validates_names(monkeypatch) -> None:
 def test_settings_resolution_order() -> None:
     spec = load_spec()
     s = resolve_settings(spec, "standard", "kv", "full-ft")
-    assert s["steps"] == spec["budgets"]["standard"]["steps"]
+    assert s["eval_items"] == spec["budgets"]["standard"]["eval_items"]
+    assert s["steps"] == spec["budgets"]["standard"]["task_overrides"]["kv"]["steps"]  # the budget's per-task
     assert s["batch_size"] == spec["task_overrides"]["kv"]["batch_size"]
     assert s["lr"] == spec["member_overrides"]["full-ft"]["lr"]
+    assert "task_overrides" not in s and "peer_tasks" not in s  # plan keys are not run settings
+
+
+def test_standard_plan_peers_and_probes() -> None:
+    exps = plan(load_spec(), "standard")
+    peers = [e for e in exps if e.impl in ("peft", "full")]
+    assert peers and {(e.task, e.seed) for e in peers} == {("add3", 0)}
+    assert [(e.task, e.seed) for e in exps if e.impl == "base"] == [("add3", 0), ("json", 0), ("kv", 0)]
+    # seed-independent probes on seed 0 only; forgetting everywhere
+    assert {e.settings["probes"] for e in exps if e.seed == 1} == {"forgetting"}
+    assert all(e.settings["probes"] is True for e in exps if e.seed == 0)
 
 
 def test_bad_spec_file(tmp_path) -> None:

@@ -3,7 +3,7 @@
 Every finished run records where its time went (``train_info.extra["phase_seconds"]``: load, build, train,
 eval, probes, and the number of evaluations). A planned run is estimated from the closest measured one:
 
-    seconds ≈ fixed (load + build + probes) + steps × s/step + evaluations × items × s/item
+    seconds ≈ fixed (load + build + forgetting probe) [+ other probes] + steps × s/step + evaluations × items × s/item
 
 with s/step scaled by the batch size, and, when the member was only measured on another task, by the ratio of
 LoRA's step times on the two tasks (members keep their cost relative to LoRA across tasks). Runs with no usable
@@ -24,7 +24,8 @@ from lorafam.arena.spec import Experiment
 class Timing:
     """Per-run costs measured for one (impl, member, task)."""
 
-    fixed_s: float
+    fixed_s: float  # load + build + the forgetting probe
+    probes_s: float  # the seed-independent probes (skipped on seeds outside a budget's probe_seeds)
     step_s: float  # seconds per step at ``batch``
     batch: int
     eval_item_s: float
@@ -38,7 +39,8 @@ class Timing:
         evals = max(int(ph.get("evals", 1)), 1)
         items = max(t.test_items, 1)
         return cls(
-            fixed_s=float(ph.get("load", 0)) + float(ph.get("build", 0)) + float(ph.get("probes", 0)),
+            fixed_s=float(ph.get("load", 0)) + float(ph.get("build", 0)) + float(ph.get("forgetting", 0)),
+            probes_s=float(ph.get("probes", 0)),
             step_s=float(t.seconds_per_step or 0.0),
             batch=int(t.settings.get("batch_size", 1) or 1),
             eval_item_s=float(ph.get("eval", 0)) / (evals * items),
@@ -94,7 +96,8 @@ def estimate_run(exp: Experiment, timings: dict[tuple[str, str, str], Timing]) -
     every = int(s.get("eval_every") or 0)
     evals = (len(range(every, steps, every)) if every and steps else 0) + 1
     item_s = (own or task_ref).eval_item_s
-    return fixed_ref.fixed_s + train + evals * int(s.get("eval_items", 0)) * item_s
+    probes = fixed_ref.probes_s if s.get("probes", True) is True else 0.0
+    return fixed_ref.fixed_s + probes + train + evals * int(s.get("eval_items", 0)) * item_s
 
 
 def estimate_plan(

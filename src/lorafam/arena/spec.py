@@ -23,6 +23,8 @@ BUDGETS = ("quick", "standard", "full")
 IMPLS = ("lorafam", "peft", "full", "base")
 FULL_FT = "full-ft"
 BASE = "base"
+# budget keys that shape the plan (or are applied per task) rather than being run settings themselves
+BUDGET_ONLY = ("tasks", "seeds", "peer_seeds", "peer_members", "peer_tasks", "probe_seeds", "task_overrides")
 _TOP_KEYS = {"defaults", "peers", "member_overrides", "task_overrides", "budgets", "tasks"}
 
 
@@ -149,6 +151,9 @@ def plan(
     peft_ok = peers and p.get("peft", True) and _has_peft()
     peer_seeds = set(b.get("peer_seeds") or seed_list)  # PEFT / full fine-tuning peers: these seeds only
     peer_members = set(b["peer_members"]) if b.get("peer_members") else None  # PEFT peers: these members only
+    peer_tasks = set(b["peer_tasks"]) if b.get("peer_tasks") else None  # PEFT / full-FT peers: these tasks only
+    # seed-independent probes (speed, size, merge) on these seeds only; forgetting is measured on every run
+    probe_seeds = set(b["probe_seeds"]) if b.get("probe_seeds") is not None else None
 
     out: list[Experiment] = []
     for task in task_names:
@@ -156,7 +161,11 @@ def plan(
 
             def add(impl: str, member: str, task: str = task, seed: int = seed) -> None:
                 settings = resolve_settings(spec, budget, task, member)
+                if probe_seeds is not None and seed not in probe_seeds and settings.get("probes", True) is True:
+                    settings["probes"] = "forgetting"
                 out.append(Experiment(impl, member, task, seed, budget, settings))
+
+            peer_here = seed in peer_seeds and (peer_tasks is None or task in peer_tasks)
 
             if peers and p.get("base", True) and seed == seed_list[0]:
                 add("base", BASE)  # the untrained model on the same test split (it depends on data_seed only)
@@ -164,32 +173,22 @@ def plan(
                 if m in extra:
                     continue
                 add("lorafam", m)
-                if (
-                    peft_ok
-                    and MEMBERS[m].in_peft
-                    and seed in peer_seeds
-                    and (peer_members is None or m in peer_members)
-                ):
+                if peft_ok and MEMBERS[m].in_peft and peer_here and (peer_members is None or m in peer_members):
                     add("peft", m)
                     why = _peer_unavailable(MEMBERS[m])
                     if why:
                         out[-1].settings["skip_reason"] = why
-            if peers and p.get("full_ft", True) and (not members or FULL_FT in chosen) and seed in peer_seeds:
+            if peers and p.get("full_ft", True) and (not members or FULL_FT in chosen) and peer_here:
                 add("full", FULL_FT)
     return out
 
 
 def resolve_settings(spec: dict[str, Any], budget: str, task: str, member: str) -> dict[str, Any]:
-    """defaults ← budget ← task override ← member override (budget-only keys removed)."""
+    """defaults ← budget ← task override ← the budget's task override ← member override (plan-only keys removed)."""
     s = dict(spec["defaults"])
-    s.update(
-        {
-            k: v
-            for k, v in spec["budgets"][budget].items()
-            if k not in ("tasks", "seeds", "peer_seeds", "peer_members")
-        }
-    )
+    s.update({k: v for k, v in spec["budgets"][budget].items() if k not in BUDGET_ONLY})
     s.update((spec.get("task_overrides") or {}).get(task) or {})
+    s.update((spec["budgets"][budget].get("task_overrides") or {}).get(task) or {})  # e.g. fewer kv steps
     s.update(_member_train_settings(member))
     s.update((spec.get("member_overrides") or {}).get(member) or {})
     if task in (spec.get("tasks") or {}):

@@ -36,7 +36,7 @@ def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
 
     s = exp.settings
     device = torch.device(device_name)
-    phases = {"load": 0.0, "build": 0.0, "train": 0.0, "eval": 0.0, "probes": 0.0}
+    phases = {"load": 0.0, "build": 0.0, "train": 0.0, "eval": 0.0, "forgetting": 0.0, "probes": 0.0}
     clock = [time.perf_counter()]
 
     def lap(phase: str) -> None:
@@ -62,6 +62,9 @@ def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
     model = built.model
     info.adapter_config = built.adapter_config
     info.trainable_params, info.total_params = count_params(model)
+    if reference and steps:  # the probe's value before any training: the base as this member stores it (NF4...)
+        start = probes.next_token_logprobs(model, gen_ids, fmt.pad_id, device, s)
+        info.extra["forgetting_kl_start"] = probes.forgetting(reference, start)[0]
     lap("build")
     progress(0.08)
 
@@ -107,7 +110,7 @@ def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
     ]
     progress(0.85)
     if s.get("probes", True):
-        _probes(info, built, fmt, gen_ids, reference, test_items, s, device)
+        _probes(info, built, fmt, gen_ids, reference, test_items, s, device, lap)
     lap("probes")
     info.extra["phase_seconds"] = {k: round(v, 2) for k, v in phases.items()}  # for `lorafam arena --dry-run`
     progress(1.0)
@@ -123,6 +126,7 @@ def _probes(
     test_items: list,
     s: dict[str, Any],
     device: Any,
+    lap: Any = None,
 ) -> None:
     """Each probe on its own: a probe that raises is recorded under ``extra["probe_errors"]`` (the run stays ok;
     its accuracy is already measured) and its number stays ``None``."""
@@ -142,6 +146,12 @@ def _probes(
         tuned = attempt("forgetting", lambda: probes.next_token_logprobs(model, gen_ids, fmt.pad_id, device, s))
         if tuned is not None:
             info.forgetting_kl, info.forgetting_top1 = probes.forgetting(reference, tuned)
+    if lap is not None:
+        lap("forgetting")
+    if s.get("probes") == "forgetting":  # the seed-independent probes ran on another seed of this budget
+        if errors:
+            info.extra["probe_errors"] = errors
+        return
     prompt = fmt.encode_prompt(test_items[0].prompt)
     n = int(s.get("decode_tokens", 16))
     info.decode_tokens_per_s = attempt(

@@ -16,7 +16,7 @@ from lorafam.report import claims as C
 from lorafam.report import plots
 from lorafam.report.data import ReportData, Row, load, noise_floor, spread
 from lorafam.report.render import Block, to_html, to_markdown
-from lorafam.report.text import CLAIMS, REASONS, UI, VERDICTS, idea, say
+from lorafam.report.text import CLAIMS, REASONS, UI, VERDICTS, idea, say, series_name
 
 LANGS = ("en", "zh")
 
@@ -155,6 +155,9 @@ def chapter(lang: str, data: ReportData, member: Any) -> list[Block]:
             ),
         )
     )
+    start = row.extra("forgetting_kl_start")
+    if isinstance(start, (int, float)) and start > 0.01:
+        blocks.append(Block("p", say(lang, UI, "chapter_kl_start", start=start, kl=row.mean("forgetting_kl"))))
     peer = data.row("peft", member.name)
     if peer is not None and peer.ok_runs():
         pstep = peer.mean("seconds_per_step")
@@ -175,6 +178,11 @@ def chapter(lang: str, data: ReportData, member: Any) -> list[Block]:
         )
     blocks.append(Block("p", u["pick_intro"] + pick(lang, data, member, row, lora)))
     return blocks
+
+
+def _named(lang: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Verdict arguments with benchmark series keys (``*_name``) put into words for ``lang``."""
+    return {k: series_name(lang, v) if k.endswith("_name") and isinstance(v, str) else v for k, v in args.items()}
 
 
 def pick(lang: str, data: ReportData, member: Any, row: Row, lora: Row | None) -> str:
@@ -205,6 +213,7 @@ def pick(lang: str, data: ReportData, member: Any, row: Row, lora: Row | None) -
         cons.append(UI[lang]["pick_nomerge"])
     sep = "; " if lang == "en" else "；"
     text = sep.join(pros) if pros else say(lang, UI, "pick_nothing", arxiv=member.arxiv)
+    text = text[:1].upper() + text[1:]
     end = "." if lang == "en" else "。"
     if pros:
         text += end
@@ -316,7 +325,7 @@ def build_blocks(
                 [
                     CLAIMS[lang][v.claim],
                     VERDICTS[lang][v.verdict],
-                    say(lang, REASONS, v.reason, **v.args),
+                    say(lang, REASONS, v.reason, **_named(lang, v.args)),
                     v.cite or "—",
                 ]
                 for v in verdicts

@@ -288,6 +288,9 @@ def adalora_unstable(data: ReportData) -> Verdict:
     }
     if failed or any(not math.isfinite(r.train_info.final_loss or 0) for r in ok):
         return Verdict("adalora_unstable", SUPPORTED, "ada_failed", args, cite)
+    if len(ok) < 2 and s_ada <= s_lora + 1:
+        args["steps"] = ok[0].train_info.steps if ok else 0
+        return Verdict("adalora_unstable", MIXED, "ada_one_run", args, cite)
     calm = s_ada <= s_lora + 1 and (sd[0] is None or sd[1] is None or sd[0] <= 2 * sd[1] + 0.02)
     return Verdict(
         "adalora_unstable", CONTRADICTED if calm else MIXED, "ada_calm" if calm else "ada_noisy", args, cite

@@ -52,4 +52,5 @@ def test_unmeasured_runs_are_reported_not_guessed(tmp_path: Path) -> None:
     assert total == pytest.approx(298)
     text = summarize(plan, tmp_path)["text"]
     assert "1 of 3 runs" in text and "lorafam--lora--json--s0" in text
-    assert summarize(plan, tmp_path / "missing")["unknown"] == [e.run_id for e in plan]
+    missing = summarize(plan, tmp_path / "missing")
+    assert missing["unknown"] == [e.run_id for e in plan] and missing["text"].startswith("no estimate yet")

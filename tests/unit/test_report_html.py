@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lorafam.report.build import build_report
@@ -47,7 +48,7 @@ def test_html_renders_tables_and_plots(results: Path, tmp_path: Path, lang: str)
     screenshot(paths[f"{lang}.html"], shot, tmp_path)
     img = Image.open(shot).convert("RGB")
     small = img.resize((img.width // 2, img.height // 2), Image.NEAREST)
-    pixels = list(small.getdata())
+    pixels = [tuple(p) for p in np.asarray(small).reshape(-1, 3).tolist()]
     ink = sum(1 for p in pixels if sum(p) < 600) / len(pixels)
     assert ink > 0.02, f"page looks blank ({ink:.3%} non-white)"
     assert _count(pixels, (0xF0, 0xF4, 0xFA), 3) > 400, "no table header cells visible"

@@ -38,8 +38,10 @@ class Timing:
             return None
         evals = max(int(ph.get("evals", 1)), 1)
         items = max(t.test_items, 1)
+        timed = sum(float(v) for k, v in ph.items() if k != "evals")
+        untimed = max(float(r.run_info.duration_s) - timed, 0.0)  # process start, imports, writing the result
         return cls(
-            fixed_s=float(ph.get("load", 0)) + float(ph.get("build", 0)) + float(ph.get("forgetting", 0)),
+            fixed_s=untimed + sum(float(ph.get(k, 0)) for k in ("load", "build", "forgetting")),
             probes_s=float(ph.get("probes", 0)),
             step_s=float(t.seconds_per_step or 0.0),
             batch=int(t.settings.get("batch_size", 1) or 1),
@@ -116,6 +118,8 @@ def estimate_plan(
 
 def describe(total_s: float, unknown: list[str], n_runs: int) -> str:
     known = n_runs - len(unknown)
+    if not known:
+        return "no estimate yet: no comparable run has been timed under this results folder"
     text = f"estimated {total_s / 60:.0f} min for {known} of {n_runs} runs (from timings measured here)"
     if unknown:
         text += f"; no comparable timing yet for {len(unknown)}: {', '.join(unknown[:6])}"

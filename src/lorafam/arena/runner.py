@@ -279,5 +279,6 @@ def run_one(
             collect_meta(device),
         )
     result.run_info.peak_rss_mb = round(peak_mb, 1)
+    result.run_info.duration_s = elapsed  # the whole process, start-up and imports included
     write_result(path, result)
     return result.run_info.status

@@ -75,6 +75,13 @@ _KNOWN_HARMLESS = {
 }
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it for longer than the call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_dir(final: Path, write: Any) -> None:
     """Call ``write(tmpdir)`` then move the finished directory to ``final`` (replacing an old one)."""
     final = Path(final)
@@ -82,6 +89,7 @@ def atomic_write_dir(final: Path, write: Any) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         write(tmp)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; an adapter folder is meant to be shared
         old = None
         if final.exists():
             old = final.parent / f".{final.name}.old-{os.getpid()}"

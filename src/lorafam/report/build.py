@@ -446,8 +446,9 @@ def make_figures(data: ReportData) -> dict[str, bytes | None]:
         figs[f"curve:{t}"] = plots.accuracy_curves(data, t)
         figs[f"pareto:{t}"] = plots.pareto(data, t)
     if "alora_ttft" in data.benchmarks:
+        series = C._ttft_series(data.benchmarks["alora_ttft"])
         figs["ttft"] = plots.xy_series(
-            C._ttft_series(data.benchmarks["alora_ttft"]), "history (tokens)", "TTFT (s)"
+            {series_name("en", k): v for k, v in series.items()}, "history (tokens)", "TTFT (s)"
         )
     if "s2attn" in data.benchmarks:
         figs["s2attn"] = plots.xy_series(

@@ -50,12 +50,13 @@ def family_tree() -> bytes:
     from lorafam.family import family
 
     members = family()
-    fig, ax = _fig(7.5, 0.42 * len(members) + 1.0)
+    fig, ax = _fig(8.5, 0.42 * len(members) + 1.0)
     lane = {m.name: i for i, m in enumerate(members)}
     for m in members:
         y = -lane[m.name]
         ax.scatter([m.year], [y], s=60, color=_PALETTE[lane[m.name] % len(_PALETTE)], zorder=3)
-        ax.annotate(f"{m.name}  ({m.origin}, {m.venue})", (m.year, y), xytext=(8, -3), textcoords="offset points")
+        venue = m.venue.split(" (")[0].split(";")[0]  # the full venue is in the table below the figure
+        ax.annotate(f"{m.name}  ({m.origin}, {venue})", (m.year, y), xytext=(8, -3), textcoords="offset points")
         if m.parent in lane:
             p = next(x for x in members if x.name == m.parent)
             ax.annotate(
@@ -65,8 +66,10 @@ def family_tree() -> bytes:
                 arrowprops={"arrowstyle": "->", "color": "#8c959f", "lw": 0.8},
             )
     years = [m.year for m in members]
-    ax.set_xlim(min(years) - 0.5, max(years) + 2.8)
+    # room on the right for the labels (tight_layout would otherwise squeeze the year axis to nothing)
+    ax.set_xlim(min(years) - 0.5, max(years) + 7.5)
     ax.set_xticks(range(min(years), max(years) + 1))
+    ax.spines["bottom"].set_bounds(min(years), max(years))
     ax.set_yticks([])
     ax.spines["left"].set_visible(False)
     return _png(fig)

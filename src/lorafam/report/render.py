@@ -53,7 +53,7 @@ _S = {
     "h3": "font-size:17px;margin:20px 0 8px;color:#24292f",
     "p": "margin:8px 0",
     "table": "border-collapse:collapse;width:100%;font-size:12.5px;margin:10px 0;display:block;overflow-x:auto",
-    "th": "border:1px solid #d0d7de;background:#f0f4fa;padding:4px 6px;text-align:left;white-space:nowrap",
+    "th": "border:1px solid #d0d7de;background:#f0f4fa;padding:4px 6px;text-align:left",
     "td": "border:1px solid #d0d7de;padding:4px 6px;vertical-align:top",
     "img": "max-width:100%;height:auto;display:block;margin:8px auto;border:1px solid #eaeef2",
     "cap": "font-size:12.5px;color:#57606a;text-align:center;margin:2px 0 14px",

@@ -12,28 +12,7 @@ import torch
 
 import lorafam as lf
 from lorafam.cli import main as cli_main
-
-
-def _tiny_model_dir(root: Path) -> Path:
-    """A 2-layer Llama with SmolLM2's tokenizer (so the chat template and vocabulary are real), saved locally."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = lf.load_tokenizer()
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    path = root / "tiny"
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+from tests.train_support import make_tiny_model_dir
 
 
 def _data(root: Path) -> Path:
@@ -50,7 +29,7 @@ def test_train_with_method_adalora_allocates_ranks_and_saves_for_peft(tmp_path: 
     yaml = tmp_path / "run.yaml"
     yaml.write_text(
         f"""
-model_name_or_path: {_tiny_model_dir(tmp_path)}
+model_name_or_path: {make_tiny_model_dir(tmp_path)}
 method: adalora
 method_args: {{init_rank: 6, target_rank: 2, tinit: 1, tfinal: 2}}
 lora_alpha: 12
@@ -83,7 +62,7 @@ plot_loss: false
     assert saved["peft_type"] == "ADALORA" and saved["total_step"] == 8
     assert sum(sum(m) for m in saved["rank_pattern"].values()) == 2 * n_matrices
 
-    base = tmp_path / "tiny"
+    base = tmp_path / "tiny-llama"
     ours = lf.load_adapter(lf.load_model(str(base)), adapter)
     ranks = [layer.adapters["default"].rank for _, layer in lf.core.inject.adapted_layers(ours)]
     assert sum(ranks) == 2 * n_matrices and len(set(ranks)) > 1  # unequal ranks: the budget moved

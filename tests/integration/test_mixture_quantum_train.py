@@ -13,31 +13,10 @@ import torch
 
 import lorafam as lf
 from lorafam.export import export_lora
+from tests.train_support import make_tiny_model_dir
 
 trainer = pytest.importorskip("lorafam.train.trainer")
 config_mod = pytest.importorskip("lorafam.train.config")
-
-
-def _tiny_model_dir(root: Path) -> Path:
-    """A 2-layer Llama with SmolLM2's tokenizer (real chat template and vocabulary), saved locally."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = lf.load_tokenizer()
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    path = root / "tiny"
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def _run(tmp_path: Path, method: str, method_args: str, steps: int = 4):
@@ -50,7 +29,7 @@ def _run(tmp_path: Path, method: str, method_args: str, steps: int = 4):
     yaml = tmp_path / f"{method}.yaml"
     yaml.write_text(
         f"""
-model_name_or_path: {_tiny_model_dir(tmp_path)}
+model_name_or_path: {make_tiny_model_dir(tmp_path)}
 method: {method}
 method_args: {method_args}
 lora_rank: 4
@@ -82,7 +61,7 @@ def test_train_mopeft_collects_balance_loss_and_logs_router_stats(tmp_path: Path
         gates = [r[f"router/default/e{i}_{m}"] for i, m in enumerate(["lora", "dora", "quantum"])]
         assert all(0.0 <= g <= 1.0 for g in gates) and sum(gates) <= 1.0 + 1e-6  # top-2, not renormalised
         assert "router/default/L00/e0" in r and "router/default/L01/e2" in r
-    loaded = lf.load_adapter(lf.load_model(str(tmp_path / "tiny")), result.adapter_dir)
+    loaded = lf.load_adapter(lf.load_model(str(tmp_path / "tiny-llama")), result.adapter_dir)
     stats = lf.router_stats(loaded)
     assert len(stats) == 14 and all(len(v) == 3 and 0 < sum(v) <= 1 + 1e-6 for v in stats.values())
 
@@ -91,7 +70,7 @@ def test_train_quantum_then_export_for_peft(tmp_path: Path) -> None:
     peft = pytest.importorskip("peft")
     result, metrics = _run(tmp_path, "quantum", "{layers: 1}")
     assert result.steps == 4 and math.isfinite(result.final_loss)
-    model = lf.load_adapter(lf.load_model(str(tmp_path / "tiny")), result.adapter_dir)
+    model = lf.load_adapter(lf.load_model(str(tmp_path / "tiny-llama")), result.adapter_dir)
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if n.endswith(".lam"))  # λ moved off 0
     x = torch.randint(3, 1000, (2, 10))
     with torch.no_grad():
@@ -99,6 +78,6 @@ def test_train_quantum_then_export_for_peft(tmp_path: Path) -> None:
     export_lora(model, tmp_path / "lora")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pm = peft.PeftModel.from_pretrained(lf.load_model(str(tmp_path / "tiny")), tmp_path / "lora").eval()
+        pm = peft.PeftModel.from_pretrained(lf.load_model(str(tmp_path / "tiny-llama")), tmp_path / "lora").eval()
     with torch.no_grad():
         torch.testing.assert_close(pm(x).logits, expected, atol=1e-5, rtol=1e-5)

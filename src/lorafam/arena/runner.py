@@ -26,7 +26,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lorafam.arena.results import (
-    RunInfo,
     RunResult,
     TrainInfo,
     atomic_write_json,
@@ -194,14 +193,7 @@ def run_one(
 ) -> str:
     """Run one experiment in a fresh Python process; returns its status. Never raises for a failed run."""
     if exp.settings.get("skip_reason"):
-        info = RunInfo(
-            exp.run_id,
-            exp.impl,
-            exp.member,
-            exp.task,
-            exp.seed,
-            exp.budget,
-            exp.spec_hash,
+        info = exp.run_info(
             status="skipped",
             error=str(exp.settings["skip_reason"]),
             started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -260,14 +252,7 @@ def run_one(
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
         why = "timed out" if timeout_s and elapsed >= timeout_s else f"exit code {proc.returncode}"
         result = RunResult(
-            RunInfo(
-                exp.run_id,
-                exp.impl,
-                exp.member,
-                exp.task,
-                exp.seed,
-                exp.budget,
-                exp.spec_hash,
+            exp.run_info(
                 status="failed",
                 error=f"the run process died ({why}); see {log_path.name}",
                 started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

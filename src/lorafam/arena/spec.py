@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from lorafam.arena.results import spec_hash
+from lorafam.arena.results import RunInfo, spec_hash
 from lorafam.arena.tasks import builtin_tasks, make_task
 from lorafam.core.config import closest
 
@@ -48,6 +48,12 @@ class Experiment:
         # the bf16 micro-benchmark's timings vary run to run; only its decision ("bf16") is part of the identity
         settings = {k: v for k, v in self.settings.items() if k != "bf16_probe"}
         return spec_hash({"impl": self.impl, "member": self.member, "task": self.task, **settings})
+
+    def run_info(self, **fields: Any) -> RunInfo:
+        """A ``RunInfo`` naming this experiment, with the given status / timing fields."""
+        return RunInfo(
+            self.run_id, self.impl, self.member, self.task, self.seed, self.budget, self.spec_hash, **fields
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -16,7 +16,7 @@ import traceback
 from datetime import datetime, timezone
 from typing import Any
 
-from lorafam.arena.results import RunInfo, RunResult, TrainInfo, collect_meta, write_result
+from lorafam.arena.results import RunResult, TrainInfo, collect_meta, write_result
 from lorafam.arena.spec import Experiment
 
 
@@ -196,14 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = int(exp.settings.get("threads", 2))
     torch.set_num_threads(threads)
-    run = RunInfo(
-        exp.run_id,
-        exp.impl,
-        exp.member,
-        exp.task,
-        exp.seed,
-        exp.budget,
-        exp.spec_hash,
+    run = exp.run_info(
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         threads=threads,
         device=device,

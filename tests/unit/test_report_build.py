@@ -247,3 +247,16 @@ def test_two_calm_adalora_seeds_contradict_instability(results: Path, tmp_path: 
         "contradicted",
         "ada_calm",
     )
+
+
+def test_slower_than_lora_needs_more_than_timing_noise(results: Path, tmp_path: Path) -> None:
+    fake(results, "lorafam", "rslora", 0.55, step=2.8)  # 1.4x LoRA's 2.0 s/step, one run: inside one-run noise
+    fake(results, "lorafam", "mopeft", 0.55, step=3.2)  # 1.6x: said
+    en = build_report(results, tmp_path / "out", bench_dir=None)["en.md"].read_text()
+
+    def pick(member: str) -> str:
+        chapter = en.split(f"### {member} — ")[1]
+        return chapter.split("**When to pick it.**")[1].split("\n")[0]
+
+    assert "LoRA's step time" not in pick("rslora")
+    assert "it costs 1.60× LoRA's step time" in pick("mopeft")

@@ -260,3 +260,13 @@ def test_slower_than_lora_needs_more_than_timing_noise(results: Path, tmp_path: 
 
     assert "LoRA's step time" not in pick("rslora")
     assert "it costs 1.60× LoRA's step time" in pick("mopeft")
+
+
+def test_s2attn_cost_on_short_tasks_is_explained_from_the_first_step(results: Path, tmp_path: Path) -> None:
+    cfg = {"s2attn": True, "group_size_ratio": 0.25}
+    fake(results, "lorafam", "longlora", 0.0, seed=1, curve=[[1, 8.0], [2, 7.0]], cfg=cfg)  # LoRA starts at 3.0
+    paths = build_report(results, tmp_path / "out", bench_dir=None)
+    en, zh = paths["en.md"].read_text(), paths["zh.md"].read_text()
+    assert "was 8.00 vs LoRA's 3.00 on add3, because S²-Attn cuts every training sequence" in en
+    assert "8.00，LoRA 是 3.00" in zh
+    assert "S²-Attn cuts" not in en.split("### dora — ")[1].split("### ")[0]  # only where it applies

@@ -185,6 +185,12 @@ def _named(lang: str, args: dict[str, Any]) -> dict[str, Any]:
     return {k: series_name(lang, v) if k.endswith("_name") and isinstance(v, str) else v for k, v in args.items()}
 
 
+def _first_loss(row: Row, task: str) -> float | None:
+    """Mean training loss at step 1 (before any update) over the row's runs on ``task``."""
+    vals = [r.train_info.loss_curve[0][1] for r in row.ok_runs(task) if r.train_info.loss_curve]
+    return sum(vals) / len(vals) if vals else None
+
+
 def pick(lang: str, data: ReportData, member: Any, row: Row, lora: Row | None) -> str:
     """ "When to pick it", from explicit comparisons with LoRA (beyond the noise floor)."""
     if member.name == "lora" or lora is None:
@@ -211,6 +217,12 @@ def pick(lang: str, data: ReportData, member: Any, row: Row, lora: Row | None) -
     slow_at = 1.3 if min(len(row.ok_runs()), len(lora.ok_runs())) >= 2 else 1.5
     if s and ls and s / ls > slow_at:
         cons.append(say(lang, UI, "pick_slow", ratio=s / ls))
+    first, lfirst = _first_loss(row, task), _first_loss(lora, task)
+    if first is not None and lfirst is not None and first > 2 * lfirst + 0.5:
+        # step 1's loss is computed before any update: a gap there comes from a different training-time forward
+        cfg = row.ok_runs(task)[0].train_info.adapter_config
+        key = "pick_s2_short" if cfg.get("s2attn") else "pick_first_loss"
+        cons.append(say(lang, UI, key, first=first, lfirst=lfirst, ratio=cfg.get("group_size_ratio"), task=task))
     if row.mean("merge_seconds") is None and any(r.train_info.mergeable is False for r in row.ok_runs()):
         cons.append(UI[lang]["pick_nomerge"])
     sep = "; " if lang == "en" else "；"

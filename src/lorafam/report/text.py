@@ -139,6 +139,12 @@ UI: dict[str, dict[str, str]] = {
         "setting (arXiv {arxiv}).",
         "pick_reference": "It is the reference the others are measured against.",
         "pick_slow": "it costs {ratio:.2f}× LoRA's step time",
+        "pick_s2_short": "not for short tasks: its training loss at step 1, before any update, was {first:.2f} vs "
+        "LoRA's {lfirst:.2f} on {task}, because S²-Attn cuts every training sequence into groups of {ratio} of its "
+        "length, so on short examples the answer cannot see the question while training (it is built to extend "
+        "long contexts)",
+        "pick_first_loss": "its training loss at step 1, before any update, was {first:.2f} vs LoRA's {lfirst:.2f} "
+        "on {task}: its training-time forward differs from the model's",
         "pick_unmoved": "its low forgetting (KL {kl:.3f}) is not a merit yet: it gained only {gain:+.1f} points over "
         "the untrained base on {task} (floor ±{floor:.1f}), so it has barely moved the model at this budget",
         "pick_nomerge": "it cannot be merged, so serving keeps the adapter's extra compute",
@@ -235,6 +241,10 @@ UI: dict[str, dict[str, str]] = {
         "pick_nothing": "在这个预算下，它与 LoRA 的差别都没有超出噪声；它的优势要看论文里的设定（arXiv {arxiv}）。",
         "pick_reference": "它是其他成员比较的基准。",
         "pick_slow": "每步时间是 LoRA 的 {ratio:.2f} 倍",
+        "pick_s2_short": "不适合短任务：在 {task} 上，它第一步（尚未更新参数）的训练损失是 {first:.2f}，LoRA 是 {lfirst:.2f}。"
+        "原因是 S²-Attn 训练时把每条序列切成长度占 {ratio} 的若干组，短样本里答案看不到问题（它本来是为扩展长上下文设计的）",
+        "pick_first_loss": "在 {task} 上，它第一步（尚未更新参数）的训练损失是 {first:.2f}，LoRA 是 {lfirst:.2f}："
+        "它训练时的前向计算与原模型不同",
         "pick_unmoved": "它遗忘少（KL {kl:.3f}）暂时算不上优点：在 {task} 上相对未训练的基座只提高了 {gain:+.1f} 个百分点"
         "（噪声下限 ±{floor:.1f}），这个预算下它几乎还没改动模型",
         "pick_nomerge": "它无法合并，部署时适配器的额外计算一直存在",

@@ -255,16 +255,10 @@ def child_report(payload: Mapping[str, Any]) -> None:
 # Result files
 # ---------------------------------------------------------------------------------------------------------------
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` atomically (lorafam's writer: temporary file, fsync, rename, umask modes)."""
+    from lorafam.core.checkpoint import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -15,8 +15,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,8 +88,9 @@ def _convert(src: Path, target: Path, fp: str) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    from lorafam.core.checkpoint import atomic_write_dir
+
+    def write(tmp: Path) -> None:
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
@@ -112,12 +111,8 @@ def _convert(src: Path, target: Path, fp: str) -> None:
         plain.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / _MARKER).write_text(json.dumps({"source": str(src), "fingerprint": fp}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_write_dir(target, write)  # an interrupted conversion leaves no half-written cache behind
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:

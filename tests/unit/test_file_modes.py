@@ -8,8 +8,8 @@ import stat
 from pathlib import Path
 
 import lorafam as lf
-from lorafam.arena.results import atomic_write_json, atomic_write_text
-from lorafam.core.checkpoint import current_umask
+from lorafam.arena.results import atomic_write_json
+from lorafam.core.checkpoint import atomic_write_text, current_umask
 
 
 def _mode(p: Path) -> int:

@@ -12,12 +12,11 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lorafam.core.checkpoint import current_umask
+from lorafam.core.checkpoint import atomic_write_text
 
 SCHEMA_VERSION = 1
 
@@ -129,24 +128,6 @@ def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write JSON to ``path`` via a temporary file in the same folder and an atomic rename."""
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False, default=_json_default))
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write text atomically (temporary file, fsync, rename), with the permissions a plain ``open`` would give."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; reports and results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _json_default(o: Any) -> Any:

@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lorafam.arena.results import atomic_write_json, atomic_write_text
+from lorafam.arena.results import atomic_write_json
+from lorafam.core.checkpoint import atomic_write_text
 from lorafam.report import claims as C
 from lorafam.report import plots
 from lorafam.report.data import ReportData, Row, load, noise_floor, spread

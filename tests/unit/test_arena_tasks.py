@@ -138,6 +138,14 @@ def test_bad_spec_file(tmp_path) -> None:
     p.write_text("defaults:\n  stepz: 3\n")
     with pytest.raises(ValueError, match="unknown setting defaults.stepz.*steps"):
         load_spec(p)
+    p.write_text("budgets:\n  standard: {peer_task: [add3]}\n")
+    with pytest.raises(ValueError, match="unknown key budgets.standard.peer_task.*peer_tasks"):
+        load_spec(p)
+    p.write_text("budgets:\n  quick: {task_overrides: {kv: {stepz: 2}}}\n")
+    with pytest.raises(ValueError, match="unknown key budgets.quick.task_overrides.kv.stepz.*steps"):
+        load_spec(p)
+    p.write_text("budgets:\n  mine: {tasks: [add3], steps: 2, task_overrides: {add3: {batch_size: 2}}}\n")
+    assert load_spec(p)["budgets"]["mine"]["steps"] == 2  # a new budget with valid keys is fine
     p.write_text("budgetz: {}\n")
     with pytest.raises(ValueError, match="unknown key 'budgetz'"):
         load_spec(p)

@@ -108,7 +108,24 @@ def load_spec(path: str | Path | None = None) -> dict[str, Any]:
         for k in user.get(section) or {}:
             if k not in known:
                 raise ValueError(f"arena spec {p}: unknown setting {section}.{k}.{closest(k, sorted(known))}")
+    settings = set(spec["defaults"]) | {"config_overrides"}
+    for name, budget in (user.get("budgets") or {}).items():
+        where = f"budgets.{name}"
+        _check_keys(p, where, budget, settings | set(BUDGET_ONLY))
+        for task, over in ((budget or {}).get("task_overrides") or {}).items():
+            _check_keys(p, f"{where}.task_overrides.{task}", over, settings)
     return _merge(spec, user)
+
+
+def _check_keys(path: Path, where: str, section: Any, valid: set[str]) -> None:
+    """A typo in a budget (``peer_task``) would otherwise be carried along silently as an unused setting."""
+    if not isinstance(section, dict):
+        raise ValueError(f"arena spec {path}: {where} must be a mapping, got {type(section).__name__}")
+    for k in section:
+        if k not in valid:
+            raise ValueError(
+                f"arena spec {path}: unknown key {where}.{k}.{closest(k, sorted(valid))} Valid: {', '.join(sorted(valid))}"
+            )
 
 
 def member_names(spec: dict[str, Any] | None = None) -> list[str]:

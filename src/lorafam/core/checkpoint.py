@@ -9,6 +9,7 @@ Reading accepts directories PEFT wrote; unknown config keys are ignored with a w
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -28,6 +29,7 @@ from lorafam.core.inject import adapted_layers, attach, configs
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
+SHAPES_KEY = "lorafam_layer_shapes"  # safetensors metadata: {module path: [out, in]} (PEFT ignores it)
 
 # Keys PEFT writes that we understand or can ignore without changing the adapter's outputs.
 _KNOWN_HARMLESS = {
@@ -176,8 +178,11 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "de
     if hasattr(model, "lorafam_extra_peft_config"):
         peft_cfg.update(model.lorafam_extra_peft_config())
 
+    shapes = {p: [ly.out_features, ly.in_features] for p, ly in adapted_layers(model) if name in ly.adapters}
+    metadata = {"format": "pt", SHAPES_KEY: json.dumps(shapes, sort_keys=True)}
+
     def write(tmp: Path) -> None:
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata=metadata)
         (tmp / CONFIG_NAME).write_text(json.dumps(peft_cfg, indent=2, sort_keys=True, default=str) + "\n")
 
     atomic_write_dir(Path(path), write)
@@ -250,6 +255,20 @@ def read_adapter_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
         raise ValueError(f"{weights}: cannot read safetensors file ({exc})") from exc
 
 
+def read_layer_shapes(path: str | os.PathLike[str]) -> dict[str, list[int]]:
+    """The (out, in) shape of every layer the adapter was saved from, as lorafam records it ({} for PEFT files).
+
+    Needed for members whose tensor shapes do not pin the layer's shape: Quantum-PEFT's angle vectors have one
+    length for every width between two powers of two, so a 96-wide adapter would load onto a 128-wide layer.
+    """
+    try:
+        with safe_open(str(Path(path) / WEIGHTS_NAME), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(SHAPES_KEY)
+        return json.loads(raw) if raw else {}
+    except (SafetensorError, OSError, ValueError):
+        return {}
+
+
 def load_adapter(
     model: nn.Module, path: str | os.PathLike[str], name: str = "default", trainable: bool = False
 ) -> nn.Module:
@@ -263,17 +282,99 @@ def load_adapter(
     config = config_from_peft(d, source=str(Path(path) / CONFIG_NAME))
     state = read_adapter_weights(path)
     _prepare_for_load(config, d, state)
-    attach(model, config, name=name, trainable=trainable)
+    before = _ModelSnapshot(model, in_place=getattr(config, "trainable_embeddings_and_norms", False))
     try:
-        load_adapter_state(model, state, name, source=str(Path(path) / WEIGHTS_NAME))
-    except Exception:
-        from lorafam.core.inject import unload
-
-        unload(model)
+        attach(model, config, name=name, trainable=trainable)
+        load_adapter_state(
+            model, state, name, source=str(Path(path) / WEIGHTS_NAME), shapes=read_layer_shapes(path)
+        )
+        if hasattr(config, "after_load"):
+            config.after_load(model, name, d)
+    except BaseException:
+        before.restore(model, config, name)  # the adapters already attached stay, untouched
         raise
-    if hasattr(config, "after_load"):
-        config.after_load(model, name, d)
     return model
+
+
+class _ModelSnapshot:
+    """What ``attach`` + loading may change on a model, kept so that a failed load can put it all back.
+
+    Held references, not copies: the modules at every adaptable path (a quantised load replaces them, the
+    float originals stay alive here until the load succeeds), the adapter lists of layers already adapted,
+    lorafam's attributes on the model, every parameter's ``requires_grad`` and every module's training flag,
+    and the rotary-embedding state that LongLoRA's position interpolation rewrites. Tensors that a load writes
+    into in place (LongLoRA's embeddings and norms) are copied, only when the file's member does that.
+    """
+
+    def __init__(self, model: nn.Module, in_place: bool = False) -> None:
+        from lorafam.core.inject import adaptable_layers
+
+        self.modules = dict(adaptable_layers(model))
+        self.layer_lists = {
+            id(layer): (list(layer.active), list(layer.merged), list(layer.adapters))
+            for layer in self.modules.values()
+            if hasattr(layer, "adapters")
+        }
+        self.attrs = {k: v for k, v in model.__dict__.items() if k.startswith("lorafam_")}
+        self.grad = [(p, p.requires_grad) for p in model.parameters()]
+        self.training = [(m, m.training) for m in model.modules()]
+        self.rope = copy.deepcopy(getattr(getattr(model, "config", None), "rope_parameters", None))
+        self.rotary = [
+            (m, {k: getattr(m, k) for k in _ROTARY_ATTRS if hasattr(m, k)})
+            for m in model.modules()
+            if hasattr(m, "inv_freq") and hasattr(m, "rope_type")
+        ]
+        self.extra_params = _in_place_loaded_params(model) if in_place else []
+        self.extra = {id(p): p.detach().clone() for p in self.extra_params}
+
+    def restore(self, model: nn.Module, config: AdapterConfig, name: str) -> None:
+        from lorafam.core.inject import CONFIGS_ATTR, _set_module, configs
+        from lorafam.family import spec_for_config
+
+        if name in configs(model) and configs(model)[name] is config:
+            with contextlib.suppress(Exception):  # a half-attached adapter; the restore below still runs
+                spec_for_config(config).adapter_cls.on_detach(model, config, name)
+        for path, module in self.modules.items():
+            if model.get_submodule(path) is not module:
+                _set_module(model, path, module)
+            if id(module) in self.layer_lists:
+                active, merged, names = self.layer_lists[id(module)]
+                for extra in [n for n in module.adapters if n not in names]:
+                    del module.adapters[extra]
+                module.active, module.merged = active, merged
+        for key in [k for k in model.__dict__ if k.startswith("lorafam_")]:
+            if key not in self.attrs:
+                object.__delattr__(model, key)
+        for key, value in self.attrs.items():
+            object.__setattr__(model, key, value)
+        if CONFIGS_ATTR not in self.attrs and CONFIGS_ATTR in model.__dict__:
+            object.__delattr__(model, CONFIGS_ATTR)
+        for p, flag in self.grad:
+            p.requires_grad_(flag)
+        for m, flag in self.training:
+            m.training = flag
+        if self.rope is not None:
+            model.config.rope_parameters = self.rope
+        for m, attrs in self.rotary:
+            for k, v in attrs.items():
+                setattr(m, k, v)
+        with torch.no_grad():
+            for p in self.extra_params:
+                if p.shape == self.extra[id(p)].shape:
+                    p.copy_(self.extra[id(p)])
+
+
+_ROTARY_ATTRS = ("inv_freq", "original_inv_freq", "rope_type", "attention_scaling")
+
+
+def _in_place_loaded_params(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters outside adapters that a load may overwrite in place (embeddings and norms; small)."""
+    from lorafam.methods.longlora import embedding_and_norm_params
+
+    try:
+        return list(embedding_and_norm_params(model).values())
+    except ValueError:
+        return []
 
 
 def _prepare_for_load(config: AdapterConfig, d: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
@@ -281,12 +382,27 @@ def _prepare_for_load(config: AdapterConfig, d: dict[str, Any], state: dict[str,
         config.prepare_load(d, state)
 
 
-def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor], name: str, source: str) -> None:
-    """Copy PEFT-keyed tensors into adapter ``name``; every tensor must be used and every slot filled."""
+def load_adapter_state(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    name: str,
+    source: str,
+    shapes: dict[str, list[int]] | None = None,
+) -> None:
+    """Copy PEFT-keyed tensors into adapter ``name``; every tensor must be used and every slot filled.
+
+    ``shapes`` (module path → [out, in], from :func:`read_layer_shapes`) is checked against the model first.
+    """
     remaining = dict(state)
     for path, layer in adapted_layers(model):
         if name not in layer.adapters:
             continue
+        want = (shapes or {}).get(path)
+        if want is not None and list(want) != [layer.out_features, layer.in_features]:
+            raise ValueError(
+                f"{source}: {path}: the adapter was saved from a {want[0]}×{want[1]} layer but this model's is "
+                f"{layer.out_features}×{layer.in_features} — was this adapter trained on a different base model?"
+            )
         prefix = f"{PREFIX}{path}."
         sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         sub = {k.replace(".default.", ".").removesuffix(".default"): v for k, v in sub.items()}

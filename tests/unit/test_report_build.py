@@ -230,12 +230,14 @@ def test_ttft_series_reads_the_alora_benchmark_layout() -> None:
 def test_both_languages_have_every_template_key() -> None:
     import re
 
-    from lorafam.report import build, text
+    from lorafam.report import advice, blocks, text
 
-    for table in (text.UI, text.CLAIMS, text.REASONS, text.VERDICTS):
+    for table in (text.UI, text.CLAIMS, text.REASONS, text.VERDICTS, text.SERIES_NAMES):
         assert set(table["en"]) == set(table["zh"])
-    used = set(re.findall(r'u\["(\w+)"\]|UI, "(\w+)"', Path(build.__file__).read_text()))
-    for key in {a or b for a, b in used}:
+    source = Path(blocks.__file__).read_text() + Path(advice.__file__).read_text()
+    used = set(re.findall(r'u\["(\w+)"\]|UI, "(\w+)"|Advice\("(\w+)"', source))
+    assert len(used) > 30
+    for key in {a or b or c for a, b, c in used}:
         assert key in text.UI["en"], key
 
 
@@ -270,3 +272,15 @@ def test_s2attn_cost_on_short_tasks_is_explained_from_the_first_step(results: Pa
     assert "was 8.00 vs LoRA's 3.00 on add3, because S²-Attn cuts every training sequence" in en
     assert "8.00，LoRA 是 3.00" in zh
     assert "S²-Attn cuts" not in en.split("### dora — ")[1].split("### ")[0]  # only where it applies
+
+
+def test_zh_chapters_say_each_members_idea_in_chinese(results: Path, tmp_path: Path) -> None:
+    from lorafam.family import family
+    from lorafam.report.text import ZH_IDEAS
+
+    zh = build_report(results, tmp_path / "out", bench_dir=None)["zh.md"].read_text()
+    for m in family():
+        chapter = zh.split(f"### {m.name} — ")[1].split("### ")[0]
+        assert "**它改变了什么。**" in chapter
+        assert ZH_IDEAS[m.name] in chapter, m.name  # the registry's English sentence was shown here before
+        assert m.idea not in chapter, m.name

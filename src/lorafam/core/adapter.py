@@ -172,6 +172,11 @@ class Adapter(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha}"
 
 
+def _plain_attrs(module: nn.Module) -> dict[str, Any]:
+    """A module's own non-tensor-registry attributes (what an unmerge may rebind, e.g. DoRA's merge scale)."""
+    return {k: v for k, v in module.__dict__.items() if not k.startswith(("_parameters", "_buffers", "_modules"))}
+
+
 def _has_hooks(module: nn.Module) -> bool:
     """Whether calling ``module`` would do more than its ``forward``: hooks (own or global), a compiled call."""
     m = _nn_module
@@ -237,8 +242,10 @@ class AdaptedLayer(nn.Module):
 
     # --- merge -------------------------------------------------------------------------------------------------
     def merge(self, names: list[str] | None = None) -> None:
+        """Fold the named adapters (default: the active ones) into the base weight; names this layer does not
+        carry are skipped (adapters may sit on different modules)."""
         for name in names if names is not None else list(self.active):
-            if name in self.merged:
+            if name in self.merged or name not in self.adapters:
                 continue  # idempotent
             adapter = self.adapters[name]
             if not adapter.mergeable:
@@ -254,6 +261,36 @@ class AdaptedLayer(nn.Module):
             self.merged.remove(name)
         if not self.merged and hasattr(self.base_layer, "drop_merged_weight"):
             self.base_layer.drop_merged_weight()  # a quantised base returns to its exact codes
+
+    def suspend_merged(self, keep: list[str] | None = None) -> Any:
+        """Unmerge every merged adapter not in ``keep`` for a while; returns ``restore()``.
+
+        ``restore()`` puts the merged base weight back bit for bit (a copy taken here) instead of merging again:
+        an unmerge/merge cycle in bf16 rounds, so repeating it drifts the weights. Merges do not commute (DoRA),
+        so all merged adapters come off and the kept ones go back on in their order. Costs one copy of the
+        layer's weight while suspended. Returns a no-op when nothing has to change.
+        """
+        keep = [] if keep is None else keep
+        if all(n in keep for n in self.merged):
+            return lambda: None
+        merged = list(self.merged)
+        base = self.base_layer
+        saved = None if is_quantized(base) else base_weight(base).detach().clone()
+        states = {n: _plain_attrs(self.adapters[n]) for n in merged}
+        self.unmerge()
+        self.merge([n for n in merged if n in keep])
+
+        def restore() -> None:
+            if saved is None:  # a quantised base: its merged copy is recomputed from the exact codes
+                self.unmerge()
+                self.merge(merged)
+                return
+            set_base_weight(base, saved)
+            for n, attrs in states.items():
+                self.adapters[n].__dict__.update(attrs)
+            self.merged = merged
+
+        return restore
 
     def extra_repr(self) -> str:
         return f"active={self.active}, merged={self.merged}, disabled={self.disabled}"

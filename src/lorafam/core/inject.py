@@ -203,7 +203,23 @@ def named_adapter_params(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, 
 
 # ---------------------------------------------------------------------------------------------------------------
 def merge(model: nn.Module, names: list[str] | None = None) -> nn.Module:
-    """Fold the active adapters into the base weights (idempotent)."""
+    """Fold the active adapters (or the named ones) into the base weights (idempotent).
+
+    Raises:
+        ValueError: a name that is not attached, or one that is attached but not active (merging it would
+            make an inactive adapter apply); the message lists the valid names.
+    """
+    if names is not None:
+        known = configs(model)
+        active = {n for _, layer in adapted_layers(model) for n in layer.active}
+        for n in names:
+            if n not in known:
+                raise ValueError(f"merge: no adapter named {n!r}; attached: {sorted(known)}")
+            if n not in active:
+                raise ValueError(
+                    f"merge: adapter {n!r} is not active, so merging it would switch it on; "
+                    f"activate it first (lf.set_active). Active: {sorted(active)}"
+                )
     for _, layer in adapted_layers(model):
         layer.merge(names)
     return model
@@ -268,42 +284,68 @@ def unload(model: nn.Module) -> nn.Module:
 
 @contextlib.contextmanager
 def disabled(model: nn.Module) -> Iterator[nn.Module]:
-    """Base behaviour inside the block: adapters off (merged ones are unmerged and re-merged after)."""
+    """Base behaviour inside the block: adapters off. Merged ones are unmerged for the block and their merged
+    weights put back bit for bit after it (no unmerge/merge rounding cycle, so no drift in bf16)."""
     layers = [layer for _, layer in adapted_layers(model)]
-    was_merged = [list(layer.merged) for layer in layers]
+    restores = []
     try:
         for layer in layers:
-            layer.unmerge()
+            restores.append(layer.suspend_merged())
             layer.disabled = True
         yield model
     finally:
-        for layer, merged in zip(layers, was_merged):
+        for layer in layers:
             layer.disabled = False
-            if merged:
-                layer.merge(merged)
+        for restore in reversed(restores):
+            restore()
+
+
+def _check_names(model: nn.Module, names: list[str], where: str) -> None:
+    known = set(configs(model))
+    for n in names:
+        if n not in known:
+            raise ValueError(f"{where}: no adapter named {n!r}; attached: {sorted(known)}")
 
 
 @contextlib.contextmanager
 def active_adapters(model: nn.Module, names: list[str]) -> Iterator[nn.Module]:
-    """Run with only the named adapters active (others kept but skipped)."""
+    """Run with only the named adapters active (others kept but skipped). A merged adapter that is not named
+    is unmerged for the block (it would otherwise still apply through the weights) and put back exactly after."""
+    _check_names(model, names, "active_adapters")
     layers = [layer for _, layer in adapted_layers(model)]
     saved = [list(layer.active) for layer in layers]
+    restores = []
     try:
         for layer in layers:
+            restores.append(layer.suspend_merged(keep=list(names)))
             layer.active = [n for n in names if n in layer.adapters]
         yield model
     finally:
         for layer, active in zip(layers, saved):
             layer.active = active
+        for restore in reversed(restores):
+            restore()
 
 
 def set_active(model: nn.Module, names: list[str]) -> None:
-    known = set(configs(model))
-    for n in names:
-        if n not in known:
-            raise ValueError(f"no adapter named {n!r}; attached: {sorted(known)}")
+    """Make only the named adapters active. A merged adapter that is not named is unmerged (with a warning, as
+    PEFT's ``set_adapter`` does): an inactive adapter must not stay applied through the weights."""
+    _check_names(model, names, "set_active")
+    unmerged: set[str] = set()
     for _, layer in adapted_layers(model):
+        gone = [n for n in layer.merged if n not in names]
+        if gone:
+            unmerged.update(gone)
+            keep = [n for n in layer.merged if n in names]
+            layer.unmerge()
+            layer.merge(keep)
         layer.active = [n for n in names if n in layer.adapters]
+    if unmerged:
+        import warnings
+
+        warnings.warn(
+            f"set_active: unmerged {sorted(unmerged)} (merged adapters that are no longer active)", stacklevel=2
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------

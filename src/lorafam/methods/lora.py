@@ -171,7 +171,8 @@ class LoraAdapter(Adapter):
         """
         if type(self).delta_output is not LoraAdapter.delta_output:  # a subclass changed the rule: use it
             return super().add_output(x, out, base_out, base)
-        if not torch.is_grad_enabled() and x.dtype == out.dtype == self.lora_A.dtype:
+        no_dropout = self._no_dropout or not self.training  # train-mode no-grad forwards drop too, as in PEFT
+        if no_dropout and not torch.is_grad_enabled() and x.dtype == out.dtype == self.lora_A.dtype:
             a_t, sb_t = self.inference_weights()  # decode: 2 GEMMs on cached contiguous operands, 3 views
             h = torch.mm(x.reshape(-1, self.in_features), a_t)  # (N, r)
             return torch.addmm(out.reshape(-1, self.out_features), h, sb_t).view(out.shape)

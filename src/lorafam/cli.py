@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("lorafam.commands.preprocess", "tokenise a config's dataset; --debug shows tokens and mask"),
     "generate": ("lorafam.commands.generate", "generate from a prompt with the base model and an adapter"),
     "chat": ("lorafam.commands.chat", "chat in the terminal (chat template, streaming) with an adapter"),
+    "serve": (
+        "lorafam.commands.serve",
+        "serve the base and many adapters over an OpenAI/vLLM-compatible HTTP API",
+    ),
     "merge": ("lorafam.commands.merge", "merge an adapter into its base and save a plain model folder"),
     "export": (
         "lorafam.commands.export",

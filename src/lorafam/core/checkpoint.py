@@ -23,8 +23,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lorafam.core.adapter import AdaptedLayer
 from lorafam.core.config import AdapterConfig
 from lorafam.core.inject import adapted_layers, attach, configs
+from lorafam.core.saved_modules import SavedModule, copies_state, load_copies, saved_modules
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -141,6 +143,8 @@ def adapter_state(model: nn.Module, name: str = "default") -> dict[str, torch.Te
         if name in layer.adapters:
             for suffix, tensor in layer.adapters[name].peft_state().items():
                 state[f"{PREFIX}{path}.{suffix}"] = tensor.detach().to("cpu").contiguous()
+    for key, tensor in copies_state(model, name).items():  # modules_to_save copies, under the module's own key
+        state[f"{PREFIX}{key}"] = tensor.detach().to("cpu").contiguous()
     for key, tensor in getattr(model, "lorafam_extra_state", lambda: {})().items():
         state[f"{PREFIX}{key}"] = tensor.detach().to("cpu").contiguous()
     return state
@@ -158,6 +162,8 @@ def file_config(model: nn.Module, name: str, peft_cfg: dict[str, Any]) -> dict[s
             "revision": None,
         }
     )
+    if configs(model)[name].modules_to_save:
+        peft_cfg["modules_to_save"] = list(configs(model)[name].modules_to_save)
     return peft_cfg
 
 
@@ -176,7 +182,10 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "de
         peft_cfg["lorafam_config"] = config.to_dict()
     state = adapter_state(model, name)
     if hasattr(model, "lorafam_extra_peft_config"):
-        peft_cfg.update(model.lorafam_extra_peft_config())
+        extra = model.lorafam_extra_peft_config()
+        if peft_cfg.get("modules_to_save") and extra.get("modules_to_save"):
+            extra["modules_to_save"] = sorted({*peft_cfg["modules_to_save"], *extra["modules_to_save"]})
+        peft_cfg.update(extra)
 
     shapes = {p: [ly.out_features, ly.in_features] for p, ly in adapted_layers(model) if name in ly.adapters}
     metadata = {"format": "pt", SHAPES_KEY: json.dumps(shapes, sort_keys=True)}
@@ -222,7 +231,10 @@ def config_from_peft(d: dict[str, Any], source: str = "adapter_config.json") -> 
                 raise ValueError(f"{source}: 'target_modules' is missing")
             if isinstance(targets, (list, set, tuple)):
                 targets = sorted(targets)
-            return cls.from_peft(d, targets)
+            config = cls.from_peft(d, targets)
+            if d.get("modules_to_save"):
+                config.modules_to_save = sorted(d["modules_to_save"])
+            return config
     supported = sorted({s.peft_type for s in METHODS.values()})
     raise ValueError(
         f"{source}: peft_type {peft_type!r} (use_dora={d.get('use_dora')}) is not supported by lorafam. "
@@ -309,11 +321,17 @@ class _ModelSnapshot:
     def __init__(self, model: nn.Module, in_place: bool = False) -> None:
         from lorafam.core.inject import adaptable_layers
 
+        self.modules: dict[str, nn.Module]
         self.modules = dict(adaptable_layers(model))
+        self.modules.update(saved_modules(model))
+        self.modules.update((p, m) for p, m in model.named_modules() if p)  # modules_to_save may wrap any
         self.layer_lists = {
             id(layer): (list(layer.active), list(layer.merged), list(layer.adapters))
             for layer in self.modules.values()
-            if hasattr(layer, "adapters")
+            if isinstance(layer, AdaptedLayer)
+        }
+        self.copy_lists = {
+            id(w): (list(w.active), list(w.copies)) for w in self.modules.values() if isinstance(w, SavedModule)
         }
         self.attrs = {k: v for k, v in model.__dict__.items() if k.startswith("lorafam_")}
         self.grad = [(p, p.requires_grad) for p in model.parameters()]
@@ -335,8 +353,17 @@ class _ModelSnapshot:
             with contextlib.suppress(Exception):  # a half-attached adapter; the restore below still runs
                 spec_for_config(config).adapter_cls.on_detach(model, config, name)
         for path, module in self.modules.items():
-            if model.get_submodule(path) is not module:
+            try:
+                current = model.get_submodule(path)
+            except AttributeError:  # inside a module that the restore already put back
+                continue
+            if current is not module:
                 _set_module(model, path, module)
+            if id(module) in self.copy_lists:
+                active, names = self.copy_lists[id(module)]
+                for extra in [n for n in module.copies if n not in names]:
+                    del module.copies[extra]
+                module.active = active
             if id(module) in self.layer_lists:
                 active, merged, names = self.layer_lists[id(module)]
                 for extra in [n for n in module.adapters if n not in names]:
@@ -411,6 +438,7 @@ def load_adapter_state(
                 remaining.pop(k)
         sub.pop("ranknum", None)  # AdaLoRA: PEFT never writes it, third-party files may
         layer.adapters[name].load_peft_state(sub, where=f"{source}: {path}")
+    remaining = load_copies(model, name, remaining, PREFIX, source)
     extra_loader = getattr(model, "lorafam_load_extra_state", None)
     if extra_loader is not None:
         remaining = extra_loader(remaining)

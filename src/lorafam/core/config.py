@@ -44,6 +44,9 @@ class AdapterConfig:
     """Store the frozen base weights of adapted layers in NF4 (QLoRA). None keeps them as they are."""
     compute_dtype: str = "float32"
     """Dtype the quantised base computes in ("float32" or "bfloat16"); only used with ``quantize``."""
+    modules_to_save: list[str] | None = None
+    """Whole modules to train as this adapter's own copies (PEFT's ``modules_to_save``), e.g. ``["lm_head"]`` or
+    ``["embed_tokens"]``; names match like ``targets`` (equal to, or ending with, ``.name``)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
@@ -59,6 +62,15 @@ class AdapterConfig:
                 f"{type(self).__name__}: 'compute_dtype' must be one of float32, bfloat16, float16, "
                 f"got {self.compute_dtype!r}"
             )
+        if self.modules_to_save is not None:
+            if isinstance(self.modules_to_save, str) or not all(
+                isinstance(t, str) and t for t in self.modules_to_save
+            ):
+                raise ValueError(
+                    f"{type(self).__name__}: 'modules_to_save' must be a list of module names (e.g. ['lm_head']) "
+                    f"or None, got {self.modules_to_save!r}"
+                )
+            self.modules_to_save = list(self.modules_to_save) or None
         if isinstance(self.targets, (list, tuple)):
             if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
                 raise ValueError(f"{type(self).__name__}: 'targets' must be a non-empty list of names")

@@ -12,6 +12,7 @@ from torch import nn
 
 from lorafam.core.adapter import AdaptedLayer, Adapter, Conv1D, base_shape, is_quantized
 from lorafam.core.config import AdapterConfig
+from lorafam.core.saved_modules import SavedModule, attach_copies, detach_copies, saved_modules
 
 CONFIGS_ATTR = "lorafam_configs"
 
@@ -40,6 +41,9 @@ def adaptable_layers(model: nn.Module) -> dict[str, nn.Module]:
             continue
         if isinstance(module, AdaptedLayer):
             found[name] = module
+            skip_prefixes.append(name + ".")
+            continue
+        if isinstance(module, SavedModule):  # a modules_to_save copy is trained whole, never adapted
             skip_prefixes.append(name + ".")
             continue
         if name in heads:
@@ -139,6 +143,8 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
 
         del layers
         release_float_weights(model)
+    if config.modules_to_save:
+        attach_copies(model, config.modules_to_save, name)
     existing = dict(existing)
     existing[name] = config
     object.__setattr__(model, CONFIGS_ATTR, existing)
@@ -148,6 +154,14 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
     else:  # inference (PEFT's is_trainable=False): base and new adapter frozen, other adapters keep their flags
         keep = [
             p for n, p, _, _ in named_adapter_params(model) if p.requires_grad and f".adapters.{name}." not in n
+        ]
+        keep += [
+            p
+            for _, wrapper in saved_modules(model)
+            for other, twin in wrapper.copies.items()
+            if other != name
+            for p in twin.parameters()
+            if p.requires_grad
         ]
         for p in model.parameters():
             p.requires_grad_(False)
@@ -191,6 +205,11 @@ def mark_trainable(model: nn.Module, names: list[str] | None = None) -> None:
     for extra in getattr(model, "lorafam_extra_trainable", {}).values():
         for p in extra:
             p.requires_grad_(True)
+    for _, wrapper in saved_modules(model):
+        for adapter_name, twin in wrapper.copies.items():
+            if names is None or adapter_name in names:
+                for p in twin.parameters():
+                    p.requires_grad_(True)
 
 
 def named_adapter_params(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, str, Adapter]]:
@@ -251,6 +270,11 @@ def merge_and_unload(model: nn.Module, progress: bool = False) -> nn.Module:
         layer.unmerge()
         layer.merge()
         _set_module(model, path, base)
+    for path, wrapper in list(saved_modules(model)):  # the trained copy in use replaces the module (as PEFT)
+        chosen = wrapper.in_use()
+        for p in chosen.parameters():
+            p.requires_grad_(False)
+        _set_module(model, path, chosen)
     for name, cfg in cfgs.items():
         spec_for_config(cfg).adapter_cls.on_detach(model, cfg, name)
     if hasattr(model, CONFIGS_ATTR):
@@ -277,6 +301,7 @@ def unload(model: nn.Module) -> nn.Module:
         _set_module(model, path, layer.base_layer)
     for name, cfg in configs(model).items():
         spec_for_config(cfg).adapter_cls.on_detach(model, cfg, name)
+        detach_copies(model, name)
     if hasattr(model, CONFIGS_ATTR):
         object.__delattr__(model, CONFIGS_ATTR)
     return model
@@ -288,14 +313,20 @@ def disabled(model: nn.Module) -> Iterator[nn.Module]:
     weights put back bit for bit after it (no unmerge/merge rounding cycle, so no drift in bf16)."""
     layers = [layer for _, layer in adapted_layers(model)]
     restores = []
+    wrappers: list[SavedModule] = []
     try:
+        wrappers = [w for _, w in saved_modules(model)]
         for layer in layers:
             restores.append(layer.suspend_merged())
             layer.disabled = True
+        for w in wrappers:
+            w.disabled = True
         yield model
     finally:
         for layer in layers:
             layer.disabled = False
+        for w in wrappers:
+            w.disabled = False
         for restore in reversed(restores):
             restore()
 
@@ -313,12 +344,16 @@ def active_adapters(model: nn.Module, names: list[str]) -> Iterator[nn.Module]:
     is unmerged for the block (it would otherwise still apply through the weights) and put back exactly after."""
     _check_names(model, names, "active_adapters")
     layers = [layer for _, layer in adapted_layers(model)]
+    layers += [w for _, w in saved_modules(model)]  # type: ignore[misc]
     saved = [list(layer.active) for layer in layers]
     restores = []
     try:
         for layer in layers:
-            restores.append(layer.suspend_merged(keep=list(names)))
-            layer.active = [n for n in names if n in layer.adapters]
+            if isinstance(layer, AdaptedLayer):
+                restores.append(layer.suspend_merged(keep=list(names)))
+                layer.active = [n for n in names if n in layer.adapters]
+            else:
+                layer.active = [n for n in names if n in layer.copies]
         yield model
     finally:
         for layer, active in zip(layers, saved):
@@ -340,6 +375,8 @@ def set_active(model: nn.Module, names: list[str]) -> None:
             layer.unmerge()
             layer.merge(keep)
         layer.active = [n for n in names if n in layer.adapters]
+    for _, wrapper in saved_modules(model):
+        wrapper.active = [n for n in names if n in wrapper.copies]
     if unmerged:
         import warnings
 

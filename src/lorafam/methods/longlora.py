@@ -121,9 +121,14 @@ def embedding_and_norm_params(model: nn.Module) -> dict[str, nn.Parameter]:
 
     Selected by module type (``nn.Embedding``, ``nn.LayerNorm``, ``*RMSNorm``…), never by parameter name.
     """
+    from lorafam.core.saved_modules import SavedModule
+
     found: dict[str, nn.Parameter] = {}
     seen: set[int] = set()
+    copied = [p for p, m in model.named_modules() if isinstance(m, SavedModule)]
     for path, module in model.named_modules():
+        if any(path.startswith(c + ".") for c in copied):
+            continue  # listed in modules_to_save: it trains as the adapter's copy, not in place
         if isinstance(module, nn.Embedding) or _is_norm(module):
             for pname, p in module.named_parameters(recurse=False):
                 if id(p) not in seen:

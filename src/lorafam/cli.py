@@ -1,8 +1,8 @@
 """The ``lorafam`` command line.
 
 Each verb lives in its own module as ``add_arguments(parser)`` + ``run(args) -> int``; ``COMMANDS`` maps the verb
-to ``"module"`` and its one-line help. Adding a verb = one module + one line here (imports stay lazy so
-``lorafam --help`` is instant).
+to ``"module"`` and its one-line help. A module may define ``EPILOG`` (examples shown under ``--help``). Adding a
+verb = one module + one line here.
 """
 
 from __future__ import annotations
@@ -28,18 +28,43 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rewrite an adapter as plain PEFT LoRA (exact for Quantum-PEFT, SVD otherwise)",
     ),
     "estimate": ("lorafam.commands.estimate", "estimate training memory for a config before running it"),
+    "env": ("lorafam.commands.env", "print versions, the device, and whether bf16 is fast here (for bug reports)"),
     "arena": ("lorafam.commands.arena", "train every member on the same tasks and budget; record the results"),
     "report": ("lorafam.commands.report", "write the LoRA family history article (zh + en) from arena results"),
 }
 
 
+EPILOG = """examples:
+  lorafam quickstart                          train LoRA on the bundled data, show before/after
+  lorafam train my.yaml learning_rate=5e-4    one YAML (LLaMA-Factory keys), key=value overrides
+  lorafam generate "Hello" --adapter runs/x
+  lorafam env                                 versions and device, for a bug report
+
+`lorafam COMMAND --help` shows each command's options and examples; docs/cli.md covers them all."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lorafam", description="The LoRA family, implemented and measured.")
+    from lorafam import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lorafam",
+        description="The LoRA family, implemented and measured.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"lorafam {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for verb, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(verb, help=help_text, description=help_text)
+        mod = importlib.import_module(module)
+        p = sub.add_parser(
+            verb,
+            help=help_text,
+            description=help_text,
+            epilog=getattr(mod, "EPILOG", None),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        mod.add_arguments(p)
     return parser
 
 

@@ -10,7 +10,6 @@ its completion marker is never trusted.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -56,13 +55,12 @@ def _fingerprint(path: Path) -> str:
 
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
+    """An inter-process lock on ``path`` (filelock: flock on POSIX, msvcrt on Windows)."""
+    from filelock import FileLock
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with FileLock(str(path)):
+        yield
 
 
 def default_model_dir() -> Path:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+EPILOG = """examples:
+  lorafam arena --budget quick --dry-run        the plan and its estimated time
+  lorafam arena --budget quick --members lora,dora --tasks add3"""
+
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 
+EPILOG = """examples:
+  lorafam chat --adapter runs/lora --system "Answer briefly."
+  lorafam chat --temperature 0.7 --top-k 50 --repetition-penalty 1.1"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from lorafam.commands.generate import add_common

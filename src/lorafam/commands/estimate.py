@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 
+EPILOG = """examples:
+  lorafam estimate examples/qlora.yaml
+  lorafam estimate --model llama2-7b --quantization-bit 4 --batch 1 --seq 2048"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from lorafam.train.estimate import PRESETS
 
     p.add_argument("config", nargs="?", default=None, help="training YAML (its model/batch/cutoff_len keys)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides for the YAML")
+    p.add_argument("overrides", nargs="*", default=[], help="key=value overrides for the YAML")
     p.add_argument("--model", default=None, help=f"preset ({', '.join(PRESETS)}) or a folder with config.json")
     p.add_argument("--quantization-bit", type=int, choices=[4, 16, 32], default=None, help="base weight bits")
     p.add_argument("--bf16", action="store_true", help="bf16 activations and frozen weights")

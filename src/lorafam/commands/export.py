@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 
+EPILOG = """examples:
+  lorafam export runs/dora --to lora runs/dora-as-lora --rank 16    PEFT / vLLM / llama.cpp
+  lorafam export runs/lora --to gguf runs/lora.gguf                 llama.cpp --lora, Ollama ADAPTER"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("adapter", help="adapter folder (lorafam or PEFT layout)")

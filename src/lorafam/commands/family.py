@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+EPILOG = """examples:
+  lorafam family"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the registry as JSON")

@@ -9,6 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+EPILOG = """examples:
+  lorafam generate "Name three rivers." --adapter runs/lora
+  echo "2+2=" | lorafam generate --raw --max-new-tokens 4
+  lorafam generate "A haiku" --temperature 0.8 --top-p 0.9 --seed 1 --stop "###"
+"""
+
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="base model folder (default: the embedded SmolLM2-135M-Instruct)")

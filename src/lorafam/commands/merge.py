@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import argparse
 
+EPILOG = """examples:
+  lorafam merge --adapter runs/lora --output runs/lora-merged
+  lorafam merge --adapter runs/lora --output runs/lora-bf16 --dtype bfloat16 --force"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", required=True, help="adapter folder (PEFT layout)")

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 
+EPILOG = """examples:
+  lorafam preprocess examples/lora.yaml
+  lorafam preprocess examples/lora.yaml --debug --examples 1   tokens with their labels"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="training YAML (its dataset/template/cutoff_len/... keys are used)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("overrides", nargs="*", default=[], help="key=value overrides")
     p.add_argument("--debug", action="store_true", help="print examples token by token with their mask")
     p.add_argument("--examples", type=int, default=2, help="how many examples --debug prints (default 2)")
 

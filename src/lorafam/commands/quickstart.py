@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 
+EPILOG = """examples:
+  lorafam quickstart                     30 steps of LoRA, then base vs adapter on 20 held-out items
+  lorafam quickstart --method dora --steps 60"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=30, help="optimizer steps (default 30)")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+EPILOG = """examples:
+  lorafam report --results arena-results"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="arena-results", help="arena results folder (default: arena-results)")

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import argparse
 
+EPILOG = """examples:
+  lorafam train examples/lora.yaml
+  lorafam train examples/lora.yaml lora_rank=32 method_args.init=gaussian
+  lorafam train examples/lora.yaml --nproc 2           DDP with torchrun (gloo on CPU)
+  lorafam train examples/lora.yaml resume_from_checkpoint=true
+  lorafam train my_llamafactory.yaml --print-config    resolved keys; notes for ignored foreign keys"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML file with LLaMA-Factory-style keys (see docs/trainer.md)")
     p.add_argument(
-        "overrides", nargs="*", help="key=value overrides, dotted for nesting (method_args.init_rank=12)"
+        "overrides",
+        nargs="*",
+        default=[],
+        help="key=value overrides, dotted for nesting (method_args.init_rank=12)",
     )
     p.add_argument("--nproc", type=int, default=None, help="launch N data-parallel processes with torchrun")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -30,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         err.print(f"[red]config error:[/] {exc}", highlight=False)
         return 2
+    for note in cfg.notes:
+        err.print(f"[dim]note:[/] {note}", highlight=False)
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from lorafam.data.encode import IGNORE_INDEX, Encoded, encode, set_template
-from lorafam.data.formats import DatasetError, normalise, read_records
+from lorafam.data.formats import DatasetError, Example, normalise, read_records, records_of
 
 BUNDLED_PREFIX = "bundled:"
 
@@ -47,6 +47,7 @@ class DataStats:
     train: int = 0
     val: int = 0
     packed_rows: int | None = None
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         bad = sum(len(v) for v in self.bad_lines.values())
@@ -62,34 +63,55 @@ class DataStats:
             parts.append(f"{bad} bad lines skipped")
         if self.packed_rows is not None:
             parts.append(f"packed into {self.packed_rows} rows")
-        return "; ".join(parts)
+        return "; ".join(parts) + "".join(f"\n  note: {n}" for n in self.notes)
 
 
 def load_examples(
-    files: list[str],
+    files: list[Any],
     tokenizer: Any,
     cutoff_len: int,
     train_on_prompt: bool = False,
     template: str = "auto",
     skip_bad_lines: bool = False,
     max_samples: int | None = None,
+    dataset_dir: str | Path = "data",
 ) -> tuple[list[Encoded], DataStats]:
-    """Tokenised examples of every file (in file order) and the counts."""
+    """Tokenised examples of every source (in order) and the counts.
+
+    A source is a file path (``.json``, ``.jsonl``, ``.csv``, ``.parquet``, ``.arrow``, a ``save_to_disk``
+    folder), ``bundled:NAME``, a name defined in ``dataset_dir/dataset_info.json`` (LLaMA-Factory's catalogue),
+    or an in-memory dataset: a ``datasets.Dataset`` or a list of dicts.
+    """
+    from lorafam.data import dataset_info
+
     if not files:
         raise DatasetError("dataset: no dataset file given (set 'dataset' to a .json/.jsonl path)")
-    mode = set_template(tokenizer, template)
     stats = DataStats()
+    mode = set_template(tokenizer, template, stats.notes)
     out: list[Encoded] = []
     for spec in files:
-        path = resolve_path(spec)
-        records, rstats = read_records(path, skip_bad_lines=skip_bad_lines)
-        stats.files.append(str(path))
+        if isinstance(spec, (str, Path)):
+            path = resolve_path(str(spec))
+            if not path.exists() and not str(spec).startswith(BUNDLED_PREFIX) and _looks_like_name(str(spec)):
+                info = dataset_info.entry(str(spec), dataset_dir)
+                normalised, rstats = dataset_info.examples(info, skip_bad_lines)
+                stats.files.append(f"{info.path} ({info.name})")
+                records = [(ex.source, ex) for ex in normalised]
+            else:
+                raw, rstats = read_records(path, skip_bad_lines=skip_bad_lines)
+                stats.files.append(str(path))
+                records = raw
+        else:  # a datasets.Dataset or a list of dicts given to the Python API
+            name = f"<{type(spec).__name__}>"
+            raw, rstats = records_of(spec, name)
+            stats.files.append(name)
+            records = raw
         if rstats.bad_lines:
-            stats.bad_lines[str(path)] = rstats.bad_lines
+            stats.bad_lines[rstats.path] = rstats.bad_lines
         for where, rec in records:
             if max_samples is not None and stats.records >= max_samples:
                 break
-            ex = normalise(rec, where)
+            ex = rec if isinstance(rec, Example) else normalise(rec, where)
             stats.records += 1
             stats.formats[ex.fmt] = stats.formats.get(ex.fmt, 0) + 1
             enc = encode(tokenizer, ex, cutoff_len, train_on_prompt=train_on_prompt, mode=mode)
@@ -99,12 +121,18 @@ def load_examples(
                 continue
             out.append(enc)
     if not out:
+        shown = ", ".join(stats.files)
         raise DatasetError(
-            f"dataset: no usable example in {', '.join(files)} after filtering "
+            f"dataset: no usable example in {shown} after filtering "
             f"({stats.records} records read, {stats.dropped_no_target} had no target token within "
             f"cutoff_len={cutoff_len})"
         )
     return out, stats
+
+
+def _looks_like_name(spec: str) -> bool:
+    """A dataset_info.json name (``alpaca_en_demo``), not a path to a file that is missing."""
+    return "/" not in spec and "\\" not in spec and Path(spec).suffix == ""
 
 
 def split(examples: list[Encoded], val_size: float | int, seed: int) -> tuple[list[Encoded], list[Encoded]]:

@@ -50,18 +50,20 @@ def adapter_config(cfg: TrainConfig) -> AdapterConfig:
         raise ConfigError(f"method {cfg.method}: {exc}") from exc
 
 
-def config_examples(cfg: TrainConfig, tok: Any) -> tuple[list[Any], Any]:
-    """The config's dataset, tokenised and masked as training sees it: (examples, load statistics)."""
+def config_examples(cfg: TrainConfig, tok: Any, sources: list[Any] | None = None) -> tuple[list[Any], Any]:
+    """The config's dataset (or ``sources``: eval_dataset, a ``datasets.Dataset``...), tokenised and masked as
+    training sees it: (examples, load statistics)."""
     from lorafam.data.dataset import load_examples
 
     return load_examples(
-        cfg.dataset,
+        cfg.dataset if sources is None else sources,
         tok,
         cfg.cutoff_len,
         train_on_prompt=cfg.train_on_prompt,
         template=cfg.template,
         skip_bad_lines=cfg.skip_bad_lines,
         max_samples=cfg.max_samples,
+        dataset_dir=cfg.dataset_dir,
     )
 
 

@@ -8,38 +8,36 @@ go in ``method_args`` and are checked by the member's own config class, so new m
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from lorafam.core.config import closest
+from lorafam.train.foreign import FOREIGN, ForeignKeyError
 
-# axolotl (and other) spellings → our canonical LLaMA-Factory name. ``adapter`` is handled on its own.
-ALIASES: dict[str, str] = {
-    "base_model": "model_name_or_path",
-    "finetuning_type": "method",
-    "lora_r": "lora_rank",
-    "lora_target_modules": "lora_target",
-    "train_on_inputs": "train_on_prompt",
-    "sample_packing": "packing",
-    "sequence_len": "cutoff_len",
-    "micro_batch_size": "per_device_train_batch_size",
-    "num_epochs": "num_train_epochs",
-    "val_set_size": "val_size",
-    "lr_scheduler": "lr_scheduler_type",
-    "peft_use_dora": "use_dora",
-    "peft_use_rslora": "use_rslora",
-}
-# keys LLaMA-Factory files carry that change nothing here (accepted only with these values)
-_ACCEPTED_FIXED: dict[str, tuple[Any, ...]] = {
-    "stage": ("sft", "pt"),
-    "do_train": (True,),
-    "report_to": ("none", None),
-    "quantization_method": ("bnb", "torchao", "nf4"),
-}
+# Values of LLaMA-Factory / HF keys that lorafam implements; anything else is refused with the reason.
+_ACCEPTED_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "stage": (("sft", "pt"), "lorafam trains supervised (sft) and plain-text (pt) objectives; DPO, KTO, reward "
+              "models and PPO are not implemented"),
+    "do_train": ((True,), "`lorafam train` always trains; use `lorafam eval` to evaluate only"),
+    "quantization_method": (("bnb", "torchao", "nf4"), "4-bit NF4 is lorafam's own quantiser (no bitsandbytes, "
+                            "HQQ or EETQ); bnb's 4-bit NF4 is the same format"),
+}  # fmt: skip
+_ACCEPTED_NOTES = {"quantization_method": "quantization_method: bitsandbytes is not used; the base is stored in "
+                   "lorafam's own NF4 (QLoRA's format, double-quantised scales)"}  # fmt: skip
+# Every lr_scheduler_type of transformers (transformers.SchedulerType; a test keeps the two lists equal).
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
+)  # fmt: skip
+# HF ``optim`` names (and our short ones) that lorafam builds; see lorafam.train.schedule.OPTIMIZERS.
+OPTIMIZERS = ("adamw", "adam", "sgd", "adamw_torch", "adamw_torch_fused", "adafactor", "adagrad", "rmsprop")
+# Methods that are not adapters: full fine-tuning and LLaMA-Factory's freeze (train the last layers only).
+FULL_METHODS = ("full", "freeze")
+REPORT_TO = ("none", "tensorboard")
 
 
 class ConfigError(ValueError):
@@ -53,6 +51,7 @@ class TrainConfig(BaseModel):
 
     # model
     model_name_or_path: str | None = None
+    adapter_name_or_path: list[str] = Field(default_factory=list)
     quantization_bit: Literal[4] | None = None
     # method
     method: str = "lora"
@@ -65,8 +64,12 @@ class TrainConfig(BaseModel):
     use_dora: bool = False
     loraplus_lr_ratio: float | None = Field(None, gt=0)
     loraplus_lr_embedding: float = 1e-6
+    freeze_trainable_layers: int = 2
+    freeze_trainable_modules: str | list[str] = "all"
     # dataset
     dataset: list[str] = Field(default_factory=list)
+    dataset_dir: str = "data"
+    eval_dataset: list[str] = Field(default_factory=list)
     template: str = "auto"
     cutoff_len: int = Field(1024, gt=1)
     train_on_prompt: bool = False
@@ -80,8 +83,12 @@ class TrainConfig(BaseModel):
     gradient_accumulation_steps: int = Field(1, gt=0)
     learning_rate: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    optim: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    optim: str = "adamw"
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    lr_scheduler_type: str = "linear"
+    lr_scheduler_kwargs: dict[str, Any] = Field(default_factory=dict)
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     warmup_steps: int = Field(0, ge=0)
     num_train_epochs: float | None = Field(None, gt=0)
@@ -91,12 +98,15 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = False
     loss_chunk_size: int = Field(512, gt=0)
     ddp_find_unused_parameters: bool = False
+    fsdp: bool = False
     num_threads: int | None = Field(None, gt=0)
     device: str | None = None
     # eval
+    eval_strategy: Literal["no", "steps", "epoch"] | None = None
     eval_steps: int | None = Field(None, gt=0)
     # output
     logging_steps: int = Field(10, gt=0)
+    save_strategy: Literal["no", "steps", "epoch"] = "steps"
     save_steps: int | None = Field(500, ge=0)
     save_total_limit: int | None = Field(None, gt=0)
     output_dir: str = "saves/lorafam-run"
@@ -104,7 +114,82 @@ class TrainConfig(BaseModel):
     resume_from_checkpoint: bool | str | None = None
     seed: int = 42
     plot_loss: bool = True
+    report_to: list[str] = Field(default_factory=lambda: ["none"])
+    logging_dir: str | None = None
     disable_progress: bool = False
+
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        """One line per accepted-but-ignored foreign key (and similar); printed at the start of a run."""
+        return self._notes
+
+    @field_validator("adapter_name_or_path", "eval_dataset", mode="before")
+    @classmethod
+    def _split_list(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to(cls, v: Any) -> Any:
+        if v is None:
+            return ["none"]
+        items = [s.strip() for s in v.split(",")] if isinstance(v, str) else list(v)
+        items = ["tensorboard" if i == "all" else i for i in items if i]
+        for i in items:
+            if i not in REPORT_TO:
+                raise ValueError(
+                    f"report_to={i!r} is not supported here (supported: {', '.join(REPORT_TO)}; metrics.jsonl "
+                    "is always written and is the source of truth)"
+                )
+        return [i for i in items if i != "none"] or ["none"]
+
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _bf16_auto(cls, v: Any) -> Any:
+        if v == "auto":  # axolotl: bf16 where it is fast
+            from lorafam.train.trainer import native_bf16
+
+            return native_bf16()
+        return v
+
+    @field_validator("fsdp", mode="before")
+    @classmethod
+    def _fsdp(cls, v: Any) -> Any:
+        if v in (None, "", False):
+            return False
+        if v is True or (isinstance(v, str) and v.strip() in ("full_shard", "true")):
+            return True
+        raise ValueError(
+            f"fsdp={v!r}: supported values are true / full_shard (FSDP2 fully_shard of every decoder block) or "
+            "false; shard_grad_op, hybrid_shard and offload are not implemented"
+        )
+
+    @field_validator("optim")
+    @classmethod
+    def _optim(cls, v: str) -> str:
+        if v not in OPTIMIZERS:
+            why = (
+                " (it needs bitsandbytes / GaLore / another package that lorafam does not use)"
+                if any(t in v for t in ("8bit", "bnb", "paged", "galore", "lion", "lomo", "apollo", "ademamix"))
+                else ""
+            )
+            raise ValueError(f"optim={v!r} is not supported here{why}.{suggest(v, OPTIMIZERS)} "
+                             f"Supported: {', '.join(OPTIMIZERS)}")  # fmt: skip
+        return v
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _scheduler(cls, v: str) -> str:
+        if v not in SCHEDULERS:
+            raise ValueError(f"lr_scheduler_type={v!r} is not a transformers scheduler.{suggest(v, SCHEDULERS)} "
+                             f"Valid: {', '.join(SCHEDULERS)}")  # fmt: skip
+        return v
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -125,8 +210,9 @@ class TrainConfig(BaseModel):
     def _known_method(cls, v: str) -> str:
         from lorafam.family import MEMBERS
 
-        if v not in MEMBERS:
-            raise ValueError(f"unknown member {v!r}.{closest(v, list(MEMBERS))} Valid: {', '.join(MEMBERS)}")
+        if v not in MEMBERS and v not in FULL_METHODS:
+            valid = [*MEMBERS, *FULL_METHODS]
+            raise ValueError(f"unknown member {v!r}.{suggest(v, valid)} Valid: {', '.join(valid)}")
         return v
 
     @model_validator(mode="after")
@@ -144,7 +230,59 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"'loraplus_lr_ratio' is a LoRA+ option for LoRA-style members, not for method: {self.method}"
             )
+        if self.method in FULL_METHODS and (self.quantization_bit or self.adapter_name_or_path):
+            key = "quantization_bit" if self.quantization_bit else "adapter_name_or_path"
+            raise ValueError(f"'{key}' needs an adapter method; method: {self.method} trains the base weights")
+        if self.eval_strategy in ("steps", "epoch") and not (self.val_size or self.eval_dataset):
+            raise ValueError(
+                f"eval_strategy: {self.eval_strategy} needs evaluation data: set val_size or eval_dataset"
+            )
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            raise ValueError(
+                "eval_strategy: steps needs eval_steps (how many optimizer steps between evaluations)"
+            )
+        if self.lr_scheduler_type in ("reduce_lr_on_plateau", "greedy") and self.effective_eval_strategy == "no":
+            raise ValueError(
+                f"lr_scheduler_type: {self.lr_scheduler_type} steps on the evaluation loss: set eval_strategy "
+                "(steps or epoch) and val_size or eval_dataset"
+            )
         return self
+
+    @model_validator(mode="after")
+    def _not_wired_yet(self) -> TrainConfig:
+        # Keys accepted by the schema whose trainer side lands with the trainer's phase split (issue 13/14);
+        # until then they are refused rather than silently ignored.
+        pending = {
+            "eval_dataset": bool(self.eval_dataset),
+            "eval_strategy: epoch": self.eval_strategy == "epoch",
+            "save_strategy": self.save_strategy != "steps",
+            "optim": self.optim not in ("adamw", "adam", "sgd"),
+            "lr_scheduler_type": self.lr_scheduler_type
+            not in ("linear", "cosine", "constant", "constant_with_warmup"),
+            "lr_scheduler_kwargs": bool(self.lr_scheduler_kwargs),
+            "adam_beta1/adam_beta2/adam_epsilon": (self.adam_beta1, self.adam_beta2, self.adam_epsilon)
+            != (0.9, 0.999, 1e-8),
+            "report_to": self.report_to != ["none"],
+            "logging_dir": self.logging_dir is not None,
+            "adapter_name_or_path": bool(self.adapter_name_or_path),
+            f"method: {self.method}": self.method in FULL_METHODS,
+            "fsdp": self.fsdp,
+        }
+        for key, hit in pending.items():
+            if hit:
+                raise ValueError(f"{key}: accepted by the config schema but not wired into the trainer yet")
+        return self
+
+    @property
+    def effective_eval_strategy(self) -> str:
+        """``eval_strategy``, defaulting as lorafam always did: ``steps`` when eval_steps is set, else ``no``."""
+        if self.eval_strategy is not None:
+            return self.eval_strategy
+        return "steps" if self.eval_steps and (self.val_size or self.eval_dataset) else "no"
+
+    @property
+    def is_adapter_method(self) -> bool:
+        return self.method not in FULL_METHODS
 
     # -- derived -------------------------------------------------------------------------------------------------
     @property
@@ -197,30 +335,60 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def canonicalise(raw: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Apply the alias table and axolotl's ``adapter`` key; unknown keys raise with the closest valid name."""
+def suggest(name: str, choices: Any) -> str:
+    """A "did you mean" suffix, only for a near miss (a typo), never for an unrelated key ('' otherwise).
+
+    difflib's ratio must reach 0.8: ``lerning_rate`` → ``learning_rate`` (0.96) is suggested, ``flash_attn`` →
+    ``lora_rank`` (0.53) and ``deepspeed`` → ``seed`` (0.62) are not.
+    """
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.8)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def canonicalise(raw: dict[str, Any], source: str = "config", notes: list[str] | None = None) -> dict[str, Any]:
+    """Map foreign keys (:data:`lorafam.train.foreign.FOREIGN`) to ours; unknown keys raise with a near miss.
+
+    ``notes`` (when given) receives one line per accepted key that changes nothing here.
+    """
     from lorafam.family import MEMBERS
 
+    notes = notes if notes is not None else []
     valid = list(TrainConfig.model_fields)
     out: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     for key, value in raw.items():
         if key in _ACCEPTED_FIXED:
-            if value not in _ACCEPTED_FIXED[key]:
-                choices = ", ".join(map(str, _ACCEPTED_FIXED[key]))
-                raise ConfigError(f"{source}: {key}={value!r} is not supported here (supported: {choices})")
+            allowed, why = _ACCEPTED_FIXED[key]
+            if value not in allowed:
+                choices = ", ".join(map(str, allowed))
+                raise ConfigError(f"{source}: {key}={value!r} is not supported here (supported: {choices}): {why}")
+            if key in _ACCEPTED_NOTES and value == "bnb":
+                notes.append(_ACCEPTED_NOTES[key])
             continue
         if key == "adapter":
             continue
-        name = ALIASES.get(key, key)
-        if name not in valid:
+        if key in valid:
+            updates = {key: value}
+        elif key in FOREIGN:
+            try:
+                updates, note = FOREIGN[key].translate(key, value)
+            except ForeignKeyError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+            if note:
+                notes.append(note)
+        else:
             raise ConfigError(
-                f"{source}: unknown key {key!r}.{closest(key, valid + list(ALIASES))} "
-                f"Valid keys: {', '.join(valid)} (aliases: {', '.join(ALIASES)})"
+                f"{source}: unknown key {key!r}.{suggest(key, valid + list(FOREIGN))} "
+                f"Valid keys: {', '.join(valid)}. Keys of LLaMA-Factory, HF TrainingArguments and axolotl that "
+                "are accepted are listed in docs/trainer.md"
             )
-        if name in out and out[name] != value:
-            first = next(k for k in raw if ALIASES.get(k, k) == name)
-            raise ConfigError(f"{source}: {first!r} and {key!r} are the same setting with different values")
-        out[name] = value
+        for name, v in updates.items():
+            if name in out and out[name] != v:
+                raise ConfigError(
+                    f"{source}: {origin[name]!r} and {key!r} are the same setting with different values"
+                )
+            out[name] = v
+            origin[name] = key
     adapter = raw.get("adapter")
     if adapter is not None:
         if adapter not in ("lora", "qlora"):
@@ -251,13 +419,16 @@ def make_config(
     raw: dict[str, Any], source: str = "config", overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
     """Validate a dict into a :class:`TrainConfig`; ``overrides`` (also aliased) win over ``raw``."""
-    merged = canonicalise(raw, source)
+    notes: list[str] = []
+    merged = canonicalise(raw, source, notes)
     if overrides:
-        merged = _merge(merged, canonicalise(overrides, "overrides"))
+        merged = _merge(merged, canonicalise(overrides, "overrides", notes))
     try:
-        return TrainConfig(**merged)
+        cfg = TrainConfig(**merged)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, source)) from None
+    cfg._notes.extend(notes)
+    return cfg
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:

@@ -15,6 +15,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+EPILOG = """examples:
+  lorafam serve --adapter sql=runs/sql --adapter chat=runs/chat
+  lorafam serve --adapter-dir runs --max-loaded 4 --port 8000
+  curl localhost:8000/v1/completions -d '{"model": "sql", "prompt": "SELECT", "max_tokens": 8}'"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="base model folder (default: the embedded SmolLM2-135M-Instruct)")

@@ -72,7 +72,7 @@ class EngineConfig:
     """Prompt + generation limit; default: the model's ``max_position_embeddings``."""
 
 
-@dataclass
+@dataclass(eq=False)
 class ServedAdapter:
     """One adapter held by the engine."""
 
@@ -153,9 +153,73 @@ class _Row:
 
 @dataclass
 class _Group:
+    """One adapter's term on some rows of a call."""
+
     layers: dict[str, LowRank]
     rows: Tensor | None  # None: every row of the call
     tok: int = 0  # first adapted token of the call (aLoRA prefill)
+
+    def apply(self, path: str, x: Tensor, out: Tensor) -> None:
+        lr = self.layers.get(path)
+        if lr is not None:
+            _apply(lr, x, out, self.rows, self.tok)
+
+
+class _AdapterSet:
+    """The low-rank factors of several adapters concatenated along the rank axis, per layer.
+
+    For adapters a_1 … a_k on a layer: A_cat = [A_1ᵀ … A_kᵀ] (in, Σ r_i) and SB_cat = [S_1B_1ᵀ; …] (Σ r_i, out);
+    ``seg`` tells which adapter each of the Σ r_i columns belongs to. No rank is padded: each adapter keeps its own
+    r_i columns. DoRA's g and c are stacked per adapter (row 0: the identity, for rows of other adapters).
+    """
+
+    def __init__(self, recs: list[ServedAdapter], device: torch.device, dtype: torch.dtype):
+        self.layers: dict[str, tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]] = {}
+        paths = sorted({p for rec in recs for p in rec.layers})
+        for path in paths:
+            parts = [(k, rec.layers[path]) for k, rec in enumerate(recs) if path in rec.layers]
+            a = torch.cat([lr.a_t for _, lr in parts], dim=1)
+            sb = torch.cat([lr.sb_t for _, lr in parts], dim=0)
+            seg = torch.cat([torch.full((lr.rank,), k, dtype=torch.long, device=device) for k, lr in parts])
+            g_stack = c_stack = None
+            if any(lr.g is not None for _, lr in parts):
+                n_out = sb.shape[1]
+                g_stack = torch.ones(len(recs) + 1, n_out, dtype=dtype, device=device)
+                c_stack = torch.zeros(len(recs) + 1, n_out, dtype=dtype, device=device)
+                for k, lr in parts:
+                    if lr.g is not None:
+                        g_stack[k + 1] = lr.g
+                        if lr.c is not None:
+                            c_stack[k + 1] = lr.c
+            self.layers[path] = (a, sb, seg, g_stack, c_stack)
+
+
+class _Mixed:
+    """Rows of several adapters in one call: per layer h = (x A_cat) ∘ M, out ← G ∘ out + C + h SB_cat.
+
+    M (rows, Σ r) keeps each row's own adapter's columns (exact zeros elsewhere, so the sum is each row's own term);
+    G, C are the rows' DoRA scale/offset (1, 0 for other rows). Three kernels per layer however many adapters.
+    """
+
+    def __init__(self, adapter_set: _AdapterSet, row_adapter: Tensor, dtype: torch.dtype):
+        self.plans: dict[str, tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]] = {}
+        for path, (a, sb, seg, g_stack, c_stack) in adapter_set.layers.items():
+            mask = (row_adapter[:, None] == seg[None, :]).to(dtype)  # (B, Σr)
+            g = c = None
+            if g_stack is not None:
+                g, c = g_stack[row_adapter + 1][:, None, :], c_stack[row_adapter + 1][:, None, :]
+            self.plans[path] = (a, sb, mask, g, c)
+
+    def apply(self, path: str, x: Tensor, out: Tensor) -> None:
+        plan = self.plans.get(path)
+        if plan is None:
+            return
+        a, sb, mask, g, c = plan
+        n_in, n_out = x.shape[-1], out.shape[-1]
+        h = (x.reshape(-1, n_in) @ a).mul_(mask)
+        if g is not None:
+            out.mul_(g).add_(c)
+        out.view(-1, n_out).addmm_(h, sb)
 
 
 class Engine:
@@ -197,7 +261,11 @@ class Engine:
         self.linears: dict[str, nn.Module] = {
             p: (m.base_layer if hasattr(m, "base_layer") else m) for p, m in adaptable_layers(model).items()
         }
-        self._groups: list[_Group] | None = None
+        self._groups: list[Any] | None = None
+        self._set_key: tuple | None = None
+        self._set: _AdapterSet | None = None
+        self._mixed_key: tuple | None = None
+        self._mixed: _Mixed | None = None
         self._hooks = [m.register_forward_hook(self._make_hook(p)) for p, m in self.linears.items()]
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is not None:
@@ -431,6 +499,7 @@ class Engine:
             _detach(self.model, rec.name)
         self.adapters.pop(rec.name, None)
         self.prefix.drop_namespace(rec.namespace)
+        self._set_key = self._set = self._mixed_key = self._mixed = None
         if self.metrics:
             self.metrics.loaded.set(len(self.adapters))
 
@@ -627,9 +696,7 @@ class Engine:
                 return None
             x = args[0]
             for g in groups:
-                lr = g.layers.get(path)
-                if lr is not None:
-                    _apply(lr, x, out, g.rows, g.tok)
+                g.apply(path, x, out)
             return out
 
         return hook
@@ -737,16 +804,7 @@ class Engine:
         t0 = time.perf_counter()
         ids = torch.tensor([[r.new[-1]] for r in rows])
         view = SlotView(self.kv, 0, n, 1)
-        by_adapter: dict[int, list[int]] = {}
-        groups: list[_Group] = []
-        for i, r in enumerate(rows):
-            if self._row_group(r, None, 0) is not None:
-                by_adapter.setdefault(id(r.adapter), []).append(i)
-        for members in by_adapter.values():
-            rec = rows[members[0]].adapter
-            idx = None if len(members) == n else torch.tensor(members, device=self.device)
-            groups.append(_Group(rec.layers, idx, 0))
-        logits = self._forward(ids, view, groups, False)
+        logits = self._forward(ids, view, self._decode_groups(rows), False)
         models = len({r.model_name for r in rows})
         self.stats["decode_steps"] += 1
         self.stats["max_batch_rows"] = max(self.stats["max_batch_rows"], n)
@@ -756,6 +814,25 @@ class Engine:
         dt = time.perf_counter() - t0
         if self.metrics:
             self.metrics.observe_step(n, models, dt)
+
+    def _decode_groups(self, rows: list[_Row]) -> list[Any]:
+        """What adds the adapters' terms in a decode step (cached while the batch's composition stays)."""
+        adapted = [r.adapter if self._row_group(r, None, 0) is not None else None for r in rows]
+        recs = list(dict.fromkeys(a for a in adapted if a is not None))
+        if not recs:
+            return []
+        if len(recs) == 1 and all(a is not None for a in adapted):
+            return [_Group(recs[0].layers, None, 0)]
+        key = tuple((rec.name, rec.generation) for rec in recs)
+        if self._set_key != key:
+            self._set = _AdapterSet(recs, self.device, self.dtype)
+            self._set_key, self._mixed_key = key, None
+        index = {id(rec): k for k, rec in enumerate(recs)}
+        comp = tuple(-1 if a is None else index[id(a)] for a in adapted)
+        if self._mixed_key != comp:
+            self._mixed = _Mixed(self._set, torch.tensor(comp, device=self.device), self.dtype)
+            self._mixed_key = comp
+        return [self._mixed]
 
     # --- solo rows (members without a low-rank form) ---------------------------------------------------------------
     def _prefill_solo(self, row: _Row) -> None:

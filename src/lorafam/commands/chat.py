@@ -72,6 +72,9 @@ def run(args: argparse.Namespace, input_fn=input) -> int:  # input_fn: tests fee
                 prompt_ids=ids,
                 max_tokens=max(1, min(args.max_new_tokens, engine.max_len - len(ids))),
                 temperature=args.temperature,
+                top_p=getattr(args, "top_p", None) or 1.0,
+                seed=getattr(args, "seed", None),
+                stop=_stops(getattr(args, "stop", None)),
                 on_event=lambda kind, data: print(data["delta"], end="", flush=True) if kind == "text" else None,
             )
             try:
@@ -90,3 +93,7 @@ def run(args: argparse.Namespace, input_fn=input) -> int:  # input_fn: tests fee
             history.append({"role": "assistant", "content": done["text"].strip()})
     finally:
         engine.close()
+
+
+def _stops(stop: str | list[str] | None) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])

@@ -16,6 +16,13 @@ from pathlib import Path
 from typing import Any
 
 EPILOG = """examples:
+  lorafam serve --adapter judge=runs/alora --adapter tutor=runs/dora      two adapters + the base, on :8000
+  lorafam serve --adapter-dir runs/ --max-loaded 8 --api-key s3cret        every folder in runs/, 8 held at once
+  lorafam serve --allow-runtime-adapters                                   then POST /v1/load_lora_adapter
+  curl localhost:8000/v1/completions -d '{"model": "judge", "prompt": "Hi", "max_tokens": 8}' -H 'content-type: application/json'
+"""
+
+EPILOG = """examples:
   lorafam serve --adapter sql=runs/sql --adapter chat=runs/chat
   lorafam serve --adapter-dir runs --max-loaded 4 --port 8000
   curl localhost:8000/v1/completions -d '{"model": "sql", "prompt": "SELECT", "max_tokens": 8}'"""

@@ -112,3 +112,13 @@ def test_a_good_load_after_a_failed_one_works(tmp_path):
         lf.load_adapter(model, bad, name="new")
     lf.load_adapter(model, good, name="new")
     assert set(lf.configs(model)) == {"keep", "new"}
+
+
+def test_a_failed_pissa_load_puts_the_base_weights_back(tmp_path):
+    src = lf.attach(lf.tiny_llama(intermediate=96), lf.LoraConfig(rank=2, targets="all-linear", init="pissa"))
+    lf.save_adapter(src, tmp_path / "a")  # PiSSA rewrites the base on load; the MLP shapes then fail
+    model = _model()
+    before = _fingerprint(model)
+    with pytest.raises(ValueError):
+        lf.load_adapter(model, tmp_path / "a", name="new")
+    _assert_same(before, _fingerprint(model))

@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lorafam.core.adapter import AdaptedLayer
+from lorafam.core.adapter import AdaptedLayer, Conv1D
 from lorafam.core.config import AdapterConfig
 from lorafam.core.inject import adapted_layers, attach, configs
 from lorafam.core.saved_modules import SavedModule, copies_state, load_copies, saved_modules
@@ -33,7 +33,17 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 SHAPES_KEY = "lorafam_layer_shapes"  # safetensors metadata: {module path: [out, in]} (PEFT ignores it)
 
-# Keys PEFT writes that we understand or can ignore without changing the adapter's outputs.
+# Keys PEFT writes that we either use, or can ignore without changing the adapter's outputs *at the values
+# checked in* ``_UNFAITHFUL`` / ``lorafam.methods.lora.peft_init`` (each key audited against PEFT 0.21.2):
+# - used: peft_type, target_modules, exclude_modules, layers_to_transform, layers_pattern (the modules to adapt:
+#   the file's own tensors name them), r, lora_alpha, lora_dropout, use_rslora, use_dora, rank_pattern,
+#   alpha_pattern, modules_to_save, alora_invocation_tokens, init_lora_weights (see ``peft_init``);
+# - metadata with no effect on the outputs: task_type, base_model_name_or_path, revision, inference_mode,
+#   auto_mapping, peft_version, runtime_config (PEFT's ephemeral GPU offload), megatron_config/megatron_core
+#   (tensor-parallel layout of the same weights);
+# - fan_in_fan_out: GPT-2 Conv1D layers are recognised by type; the tensors have PEFT's layout either way;
+# - eva_config, corda_config, loftq_config, lora_ga_config: settings of the inits, read with init_lora_weights;
+# - the rest change what the adapter computes unless off, and are refused when on (``_UNFAITHFUL``).
 _KNOWN_HARMLESS = {
     "peft_type",
     "task_type",
@@ -78,6 +88,43 @@ _KNOWN_HARMLESS = {
     "velora_config",
     "monteclora_config",
 }
+
+
+# key -> (the values that mean "off", what the key does when on). Refused when on: lorafam would ignore it and
+# give other outputs than PEFT.
+_UNFAITHFUL: dict[str, tuple[tuple[Any, ...], str]] = {
+    "bias": (("none", None), "PEFT also trains the base layers' biases and stores them in the file"),
+    "lora_bias": ((False, None), "lora_B carries a bias vector"),
+    "layer_replication": ((None, []), "PEFT first duplicates base decoder layers (a deeper model)"),
+    "use_qalora": ((False, None), "QA-LoRA pools the adapter input in groups"),
+    "trainable_token_indices": ((None, [], {}), "PEFT also trains the embedding rows of these tokens"),
+    "target_parameters": ((None, []), "LoRA on bare nn.Parameters (e.g. MoE expert weights)"),
+    "arrow_config": ((None,), "Arrow routes each token between several LoRA experts"),
+    "use_bdlora": ((False, None), "BD-LoRA's block-structured factors"),
+    "kasa_config": ((None,), "the KaSA variant changes the update"),
+    "velora_config": ((None,), "the VeLoRA variant changes the update"),
+    "monteclora_config": ((None,), "the MonteCLoRA variant samples the update"),
+}
+
+
+def _refuse_unfaithful(d: dict[str, Any], source: str) -> None:
+    """Refuse a PEFT config that sets a key lorafam would otherwise ignore at the cost of other outputs."""
+    for key, (off, what) in _UNFAITHFUL.items():
+        value = d.get(key)
+        if value not in off:
+            raise ValueError(
+                f"{source}: {key}={value!r} is not supported by lorafam ({what}); loading the file without it "
+                f"would give other outputs than PEFT. Load it with PEFT, or train without {key!r}."
+            )
+    if d.get("ensure_weight_tying") and d.get("modules_to_save"):
+        raise ValueError(
+            f"{source}: ensure_weight_tying=True with modules_to_save={d['modules_to_save']!r} is not supported "
+            "(PEFT then shares one trained copy between tied modules; lorafam gives each its own copy)"
+        )
+    if d.get("peft_type") == "LORA":
+        from lorafam.methods.lora import peft_init
+
+        peft_init(d.get("init_lora_weights", True), source)
 
 
 def current_umask() -> int:
@@ -220,6 +267,7 @@ def config_from_peft(d: dict[str, Any], source: str = "adapter_config.json") -> 
     peft_type = d.get("peft_type")
     if peft_type is None:
         raise ValueError(f"{source}: missing 'peft_type'")
+    _refuse_unfaithful(d, source)
     unknown = sorted(set(d) - _KNOWN_HARMLESS - {"lorafam_config"} - _method_keys(d))
     if unknown:
         warnings.warn(f"{source}: ignoring config keys lorafam does not use: {unknown}", stacklevel=3)
@@ -294,7 +342,12 @@ def load_adapter(
     config = config_from_peft(d, source=str(Path(path) / CONFIG_NAME))
     state = read_adapter_weights(path)
     _prepare_for_load(config, d, state)
-    before = _ModelSnapshot(model, in_place=getattr(config, "trainable_embeddings_and_norms", False))
+    if "lorafam_config" not in d and (d.get("exclude_modules") or d.get("layers_to_transform") is not None):
+        config.targets = _targets_in_state(state)  # PEFT adapted exactly the modules the file has tensors for
+    rewrites = getattr(config, "init", None) in ("pissa", "olora")
+    before = _ModelSnapshot(
+        model, in_place=getattr(config, "trainable_embeddings_and_norms", False), base_weights=rewrites
+    )
     try:
         attach(model, config, name=name, trainable=trainable)
         load_adapter_state(
@@ -318,7 +371,7 @@ class _ModelSnapshot:
     into in place (LongLoRA's embeddings and norms) are copied, only when the file's member does that.
     """
 
-    def __init__(self, model: nn.Module, in_place: bool = False) -> None:
+    def __init__(self, model: nn.Module, in_place: bool = False, base_weights: bool = False) -> None:
         from lorafam.core.inject import adaptable_layers
 
         self.modules: dict[str, nn.Module]
@@ -343,6 +396,10 @@ class _ModelSnapshot:
             if hasattr(m, "inv_freq") and hasattr(m, "rope_type")
         ]
         self.extra_params = _in_place_loaded_params(model) if in_place else []
+        if base_weights:  # PiSSA/OLoRA rewrite the base weights of the layers they adapt
+            self.extra_params += [
+                p for m in self.modules.values() if isinstance(m, (nn.Linear, Conv1D)) for p in m.parameters()
+            ]
         self.extra = {id(p): p.detach().clone() for p in self.extra_params}
 
     def restore(self, model: nn.Module, config: AdapterConfig, name: str) -> None:
@@ -402,6 +459,18 @@ def _in_place_loaded_params(model: nn.Module) -> list[nn.Parameter]:
         return list(embedding_and_norm_params(model).values())
     except ValueError:
         return []
+
+
+def _targets_in_state(state: dict[str, torch.Tensor]) -> str:
+    """A full-match regex of the module paths that carry adapter tensors in a PEFT state dict."""
+    import re
+
+    paths = set()
+    for key in state:
+        m = re.match(rf"^{re.escape(PREFIX)}(.+?)\.(lora_[A-Za-z_]+|lora_magnitude_vector)(\.|$)", key)
+        if m:
+            paths.add(m.group(1))
+    return "^(" + "|".join(re.escape(p) for p in sorted(paths)) + ")$"
 
 
 def _prepare_for_load(config: AdapterConfig, d: dict[str, Any], state: dict[str, torch.Tensor]) -> None:

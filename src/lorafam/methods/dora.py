@@ -57,12 +57,16 @@ class DoraAdapter(LoraAdapter):
         self._merge_scale: Tensor | None = None
 
     def init_from_base(self, base: nn.Module) -> None:
-        """m ← ‖W0‖_c. Must run on real (not meta) weights."""
+        """m ← ‖W0‖_c (after PiSSA/OLoRA rewrote W0, if asked: ‖W_res + s·BA‖_c, as PEFT). Real weights only."""
+        super().init_from_base(base)
         w = base_weight(base)
         if w.is_meta:
             raise RuntimeError("DoRA magnitude cannot be initialised from meta tensors; load the base first")
         with torch.no_grad():
-            self.lora_magnitude_vector.copy_(torch.linalg.norm(w.float(), dim=1))
+            w = w.float()
+            if self.config.init in ("pissa", "olora"):  # B ≠ 0: the norm of the whole W_res + s·BA, as PEFT
+                w = w + self.scaling * (self.lora_B.float() @ self.lora_A.float())
+            self.lora_magnitude_vector.copy_(torch.linalg.norm(w, dim=1))
 
     def param_roles(self) -> dict[str, str]:
         return {"lora_A": "a", "lora_B": "b", "lora_magnitude_vector": "magnitude"}

@@ -22,6 +22,43 @@ from torch import Tensor, nn
 from lorafam.core.adapter import Adapter
 from lorafam.core.config import AdapterConfig
 
+INITS = ("kaiming", "gaussian", "pissa", "olora")
+BASE_REWRITING_INITS = ("pissa", "olora")
+
+# PEFT's init_lora_weights values, by what loading a file written with them does to the outputs.
+# Weights come from the file and PEFT leaves the base alone on load: the file is plain LoRA for us.
+_PEFT_PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal", "lora_ga", "mica")
+# PEFT rewrites the base weights on load from data or randomness the file does not hold: refused.
+_PEFT_REFUSED_INITS = {
+    "corda": "CorDA builds its factors from calibration-data covariances",
+    "loftq": "LoftQ alternates quantisation and SVD of the base (it needs bitsandbytes and the quantised base)",
+    "pissa_niter_": "fast PiSSA uses a randomised SVD (torch.svd_lowrank), so the residual depends on the RNG",
+}
+
+
+def peft_init(init: Any, source: str) -> str:
+    """Our ``init`` for a PEFT ``init_lora_weights`` value; refuses those whose load rewrites the base in a way
+    lorafam cannot reproduce, saying why and how to convert the file."""
+    if init in _PEFT_PLAIN_INITS:
+        return "gaussian" if init == "gaussian" else "kaiming"
+    if init in BASE_REWRITING_INITS:
+        return str(init)
+    for key, why in _PEFT_REFUSED_INITS.items():
+        if isinstance(init, str) and init.startswith(key):
+            raise ValueError(
+                f"{source}: init_lora_weights={init!r} is not supported: when PEFT loads this adapter it rewrites "
+                f"the base weights to a residual W0 - s*B0*A0, and {why}, which the adapter file does not "
+                "hold — loading it as plain LoRA would give other outputs. Convert it to a plain LoRA with PEFT: "
+                "peft_model.save_pretrained(out_dir, path_initial_model_for_weight_conversion=<the adapter saved "
+                "right after initialisation, before training>); the result (init_lora_weights=True, rank 2r) loads "
+                "on the original base in PEFT and lorafam alike."
+            )
+    raise ValueError(
+        f"{source}: init_lora_weights={init!r} is not a value lorafam knows. Known: "
+        f"{', '.join(map(repr, [*_PEFT_PLAIN_INITS, *BASE_REWRITING_INITS]))} (loaded exactly); "
+        f"refused with the reason: {', '.join(map(repr, _PEFT_REFUSED_INITS))}"
+    )
+
 
 @dataclass(kw_only=True)
 class LoraConfig(AdapterConfig):
@@ -32,8 +69,13 @@ class LoraConfig(AdapterConfig):
 
     use_rslora: bool = False
     """Scale by α/√r instead of α/r (rsLoRA)."""
-    init: Literal["kaiming", "gaussian"] = "kaiming"
-    """Initialisation of A: Kaiming-uniform (PEFT's default) or N(0, 1/r); B is always zero."""
+    init: Literal["kaiming", "gaussian", "pissa", "olora"] = "kaiming"
+    """Initialisation. "kaiming" (PEFT's default) or "gaussian" (N(0, 1/r)): A random, B zero, base untouched.
+    "pissa" (Meng et al., 2024, https://arxiv.org/abs/2404.02948) and "olora" (Büyükakyüz, 2024,
+    https://arxiv.org/abs/2406.01775): A and B start from the base weight's top-r SVD / QR factors and the base
+    weight is rewritten to the residual W0 − s·BA, exactly as PEFT does — also when a file with this init is
+    loaded, so PEFT's PiSSA/OLoRA adapters load with PEFT's outputs. The residual stays in the base: ``unload``
+    and ``disabled`` give the residual model (as in PEFT)."""
     rank_pattern: dict[str, int] = field(default_factory=dict)
     """Per-module rank overrides: key = module-name suffix or regex (PEFT's rule)."""
     alpha_pattern: dict[str, float] = field(default_factory=dict)
@@ -41,8 +83,14 @@ class LoraConfig(AdapterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.init not in ("kaiming", "gaussian"):
-            raise ValueError(f"{type(self).__name__}: 'init' must be 'kaiming' or 'gaussian', got {self.init!r}")
+        if self.init not in INITS:
+            raise ValueError(f"{type(self).__name__}: 'init' must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.init in BASE_REWRITING_INITS and self.quantize is not None:
+            raise ValueError(
+                f"{type(self).__name__}: init={self.init!r} rewrites the base weights from their SVD/QR, which a "
+                "quantised base cannot take without re-quantising; use quantize=None (quantise the residual "
+                "model afterwards, as the PiSSA authors suggest)"
+            )
         for key, value in self.rank_pattern.items():
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{type(self).__name__}: rank_pattern[{key!r}] must be a positive int")
@@ -74,7 +122,7 @@ class LoraConfig(AdapterConfig):
             "lora_dropout": self.dropout,
             "use_rslora": self.use_rslora,
             "use_dora": False,
-            "init_lora_weights": True if self.init == "kaiming" else "gaussian",
+            "init_lora_weights": True if self.init == "kaiming" else self.init,
             "rank_pattern": dict(self.rank_pattern),
             "alpha_pattern": dict(self.alpha_pattern),
             "fan_in_fan_out": False,
@@ -96,7 +144,7 @@ class LoraConfig(AdapterConfig):
             "alpha": float(d.get("lora_alpha", 8)),
             "dropout": float(d.get("lora_dropout", 0.0) or 0.0),
             "use_rslora": bool(d.get("use_rslora", False)),
-            "init": "gaussian" if init == "gaussian" else "kaiming",
+            "init": peft_init(init, "adapter_config.json"),
             "rank_pattern": dict(d.get("rank_pattern") or {}),
             "alpha_pattern": dict(d.get("alpha_pattern") or {}),
         }
@@ -141,6 +189,38 @@ class LoraAdapter(Adapter):
             else:  # nn.Linear's default, as in microsoft/LoRA loralib and PEFT
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
             nn.init.zeros_(self.lora_B)
+
+    def init_from_base(self, base: nn.Module) -> None:
+        """PiSSA / OLoRA: A, B from the base weight's factors and W0 ← W0 − s·BA, with PEFT's exact arithmetic
+        (float32 SVD/QR of the (out, in) weight, the residual cast back to the base dtype)."""
+        if self.config.init not in BASE_REWRITING_INITS:
+            return
+        from lorafam.core.adapter import Conv1D, base_weight, set_base_weight
+
+        w0 = base_weight(base)
+        if w0.is_meta:
+            raise RuntimeError(f"init={self.config.init!r} needs the real base weights; load the base first")
+        if w0.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise TypeError(f"init={self.config.init!r}: base weight dtype {w0.dtype} is not a float type")
+        r, s = self.rank, self.scaling
+        with torch.no_grad():
+            weight = w0.to(torch.float32)
+            if self.config.init == "pissa":
+                v, sv, uh = torch.linalg.svd(weight, full_matrices=False)
+                sr = sv[:r] / s
+                a = torch.diag(torch.sqrt(sr)) @ uh[:r]
+                b = v[:, :r] @ torch.diag(torch.sqrt(sr))
+            else:
+                if Conv1D and isinstance(base, Conv1D):
+                    raise TypeError(
+                        "init='olora' on a GPT-2 Conv1D layer: PEFT factors the stored (in, out) weight there, "
+                        "which gives A and B of the wrong shapes; use 'pissa' or a Linear model"
+                    )
+                q, rr = torch.linalg.qr(weight)
+                a, b = rr[:r].contiguous(), q[:, :r].contiguous()
+            self.lora_A.data = a.to(self.lora_A.dtype)
+            self.lora_B.data = b.to(self.lora_B.dtype)
+            set_base_weight(base, weight - s * (b @ a))
 
     def param_roles(self) -> dict[str, str]:
         return {"lora_A": "a", "lora_B": "b"}

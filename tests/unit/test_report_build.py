@@ -113,7 +113,7 @@ def _table(md: str, first_header: str) -> list[list[str]]:
 
 
 def test_league_table_is_rederived_from_the_json(results: Path, tmp_path: Path) -> None:
-    paths = build_report(results, tmp_path / "out", bench_dir=None)
+    paths = build_report(results, tmp_path / "out", bench_dir=None, editions=("lab",))
     rows = {r[0]: r for r in _table(paths["en.md"].read_text(), "member")}
     # independent recomputation straight from the files (no report code)
     groups: dict[str, list[dict]] = {}
@@ -143,7 +143,7 @@ def test_league_table_is_rederived_from_the_json(results: Path, tmp_path: Path) 
 
 
 def test_verdict_rules(results: Path, tmp_path: Path) -> None:
-    paths = build_report(results, tmp_path / "out", bench_dir=None)
+    paths = build_report(results, tmp_path / "out", bench_dir=None, editions=("lab",))
     verdicts = {c["claim"]: c for c in json.loads(paths["data"].read_text())["claims"]}
     assert verdicts["loraplus"]["verdict"] == "mixed"  # +4 points with a ~10-point floor: noise
     assert verdicts["loraplus"]["reason"] == "plus_within_noise"
@@ -162,8 +162,8 @@ def test_verdict_rules(results: Path, tmp_path: Path) -> None:
 
 
 def test_report_is_deterministic_bilingual_and_flags_problems(results: Path, tmp_path: Path) -> None:
-    a = build_report(results, tmp_path / "a", bench_dir=None)
-    b = build_report(results, tmp_path / "b", bench_dir=None)
+    a = build_report(results, tmp_path / "a", bench_dir=None, editions=("lab",))
+    b = build_report(results, tmp_path / "b", bench_dir=None, editions=("lab",))
     for key in ("en.md", "zh.md", "en.html", "zh.html"):
         assert a[key].read_bytes() == b[key].read_bytes(), key
     en, zh = a["en.md"].read_text(), a["zh.md"].read_text()
@@ -179,7 +179,7 @@ def test_report_is_deterministic_bilingual_and_flags_problems(results: Path, tmp
 
 def test_missing_results_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="run `lorafam arena` first"):
-        build_report(tmp_path / "nothing", tmp_path / "out", bench_dir=None)
+        build_report(tmp_path / "nothing", tmp_path / "out", bench_dir=None, editions=("lab",))
 
 
 def test_long_context_claims_and_benchmark_files(tmp_path: Path) -> None:
@@ -206,7 +206,7 @@ def test_long_context_claims_and_benchmark_files(tmp_path: Path) -> None:
             ]
         },
     )
-    paths = build_report(root, tmp_path / "out", bench_dir=bench)
+    paths = build_report(root, tmp_path / "out", bench_dir=bench, editions=("lab",))
     verdicts = {c["claim"]: c for c in json.loads(paths["data"].read_text())["claims"]}
     assert verdicts["longlora"]["verdict"] == "supported"  # -50 points on kv, beyond the floor
     assert verdicts["alora"]["verdict"] == "supported"  # 1.1x growth with reuse over 8x the history
@@ -243,7 +243,7 @@ def test_both_languages_have_every_template_key() -> None:
 
 def test_two_calm_adalora_seeds_contradict_instability(results: Path, tmp_path: Path) -> None:
     fake(results, "lorafam", "adalora", 0.52, seed=1)  # ... two calm seeds with a LoRA-like spread can
-    paths = build_report(results, tmp_path / "out", bench_dir=None)
+    paths = build_report(results, tmp_path / "out", bench_dir=None, editions=("lab",))
     verdicts = {c["claim"]: c for c in json.loads(paths["data"].read_text())["claims"]}
     assert (verdicts["adalora_unstable"]["verdict"], verdicts["adalora_unstable"]["reason"]) == (
         "contradicted",
@@ -254,7 +254,7 @@ def test_two_calm_adalora_seeds_contradict_instability(results: Path, tmp_path: 
 def test_slower_than_lora_needs_more_than_timing_noise(results: Path, tmp_path: Path) -> None:
     fake(results, "lorafam", "rslora", 0.55, step=2.8)  # 1.4x LoRA's 2.0 s/step, one run: inside one-run noise
     fake(results, "lorafam", "mopeft", 0.55, step=3.2)  # 1.6x: said
-    en = build_report(results, tmp_path / "out", bench_dir=None)["en.md"].read_text()
+    en = build_report(results, tmp_path / "out", bench_dir=None, editions=("lab",))["en.md"].read_text()
 
     def pick(member: str) -> str:
         chapter = en.split(f"### {member} — ")[1]
@@ -267,7 +267,7 @@ def test_slower_than_lora_needs_more_than_timing_noise(results: Path, tmp_path: 
 def test_s2attn_cost_on_short_tasks_is_explained_from_the_first_step(results: Path, tmp_path: Path) -> None:
     cfg = {"s2attn": True, "group_size_ratio": 0.25}
     fake(results, "lorafam", "longlora", 0.0, seed=1, curve=[[1, 8.0], [2, 7.0]], cfg=cfg)  # LoRA starts at 3.0
-    paths = build_report(results, tmp_path / "out", bench_dir=None)
+    paths = build_report(results, tmp_path / "out", bench_dir=None, editions=("lab",))
     en, zh = paths["en.md"].read_text(), paths["zh.md"].read_text()
     assert "was 8.00 vs LoRA's 3.00 on add3, because S²-Attn cuts every training sequence" in en
     assert "8.00，LoRA 是 3.00" in zh
@@ -278,7 +278,7 @@ def test_zh_chapters_say_each_members_idea_in_chinese(results: Path, tmp_path: P
     from lorafam.family import family
     from lorafam.report.text import ZH_IDEAS
 
-    zh = build_report(results, tmp_path / "out", bench_dir=None)["zh.md"].read_text()
+    zh = build_report(results, tmp_path / "out", bench_dir=None, editions=("lab",))["zh.md"].read_text()
     for m in family():
         chapter = zh.split(f"### {m.name} — ")[1].split("### ")[0]
         assert "**它改变了什么。**" in chapter

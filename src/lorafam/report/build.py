@@ -16,12 +16,16 @@ from lorafam.arena.results import atomic_write_json
 from lorafam.core.checkpoint import atomic_write_text
 from lorafam.report import claims as C
 from lorafam.report import plots
+from lorafam.report.article import TONES, build_article
 from lorafam.report.blocks import build_blocks, league
 from lorafam.report.data import ReportData, load
 from lorafam.report.render import to_html, to_markdown
+from lorafam.report.sources import DRAFT_NUMBERS, SOURCES
 from lorafam.report.text import UI, series_name
+from lorafam.report.wechat import to_article_markdown, to_wechat_html
 
 LANGS = ("en", "zh")
+EDITIONS = ("lab", "article")
 
 
 def make_figures(data: ReportData) -> dict[str, bytes | None]:
@@ -64,14 +68,50 @@ def build_report(
     out: str | Path | None = None,
     budget: str | None = None,
     bench_dir: str | Path | None = "benchmarks/results",
+    tone: str = "lively",
+    inline_images: bool = False,
+    editions: tuple[str, ...] = EDITIONS,
 ) -> dict[str, Path]:
-    """Write the lab report; returns {"en.md", "en.html", "zh.md", "zh.html", "data"} → path."""
+    """Write the lab report and the article; returns {"en.md", "en.html", "zh.md", "zh.html", "article.zh.html",
+    "article.zh.md", "article.en.html", "article.en.md", "data"} → path.
+
+    ``tone`` is the article's voice ("lively" or "plain"); ``inline_images`` embeds the article's figures as
+    ``data:`` URIs instead of pointing at the numbered PNG files beside it. ``editions`` limits the output to
+    "lab" or "article" (``report-data.json`` is always written).
+    """
+    if tone not in TONES:
+        raise ValueError(f"unknown tone {tone!r}; valid: {', '.join(TONES)}")
+    if not editions or set(editions) - set(EDITIONS):
+        raise ValueError(f"unknown editions {editions!r}; valid: {', '.join(EDITIONS)}")
     data = load(results, budget, bench_dir if bench_dir and Path(bench_dir).is_dir() else None)
     out_dir = Path(out) if out else data.folder.parent / "report"
     verdicts = C.check_all(data) + [C.Verdict(cid, v, cid, {}, cite) for cid, v, cite in C.BIBLIO]
-    figures = make_figures(data)
     command = _command(data)
     paths: dict[str, Path] = {}
+    if "lab" in editions:
+        write_lab(out_dir, data, verdicts, command, paths)
+    article = {}
+    if "article" in editions:
+        for lang in ("zh", "en"):
+            article[lang] = write_article(out_dir, lang, tone, data, verdicts, command, inline_images, paths)
+    paths["data"] = out_dir / "report-data.json"
+    record = report_data(data, verdicts)
+    record["article"] = {
+        "tone": tone,
+        "facts": {lang: a["facts"] for lang, a in article.items()},
+        "figures": {lang: a["figures"] for lang, a in article.items()},
+        "sources": {k: {"cite": s.cite, "numbers": s.numbers} for k, s in SOURCES.items()},
+        "draft": DRAFT_NUMBERS,
+    }
+    atomic_write_json(paths["data"], record)
+    return paths
+
+
+def write_lab(
+    out_dir: Path, data: ReportData, verdicts: list[C.Verdict], command: str, paths: dict[str, Path]
+) -> None:
+    """``lorafam-report.<lang>.md`` / ``.html`` and ``figures/``, both languages."""
+    figures = make_figures(data)
     for name, png in figures.items():
         if png:
             write_png(out_dir / "figures" / f"{name.replace(':', '-')}.png", png)
@@ -82,9 +122,35 @@ def build_report(
         paths[f"{lang}.html"] = out_dir / f"lorafam-report.{lang}.html"
         atomic_write_text(paths[f"{lang}.md"], md)
         atomic_write_text(paths[f"{lang}.html"], page)
-    paths["data"] = out_dir / "report-data.json"
-    atomic_write_json(paths["data"], report_data(data, verdicts))
-    return paths
+
+
+def write_article(
+    out_dir: Path,
+    lang: str,
+    tone: str,
+    data: ReportData,
+    verdicts: list[C.Verdict],
+    command: str,
+    inline_images: bool,
+    paths: dict[str, Path],
+) -> dict[str, Any]:
+    """``lorafam-article.<lang>.html`` / ``.md`` and its numbered figures in ``article-<lang>/`` (upload order)."""
+    blocks, art = build_article(lang, tone, data, verdicts, command)
+    folder = f"article-{lang}"
+    fig_dir = out_dir / folder
+    if (
+        fig_dir.is_dir()
+    ):  # figures of an earlier build that this one no longer draws would mislead the upload order
+        for old in fig_dir.glob("*.png"):
+            old.unlink()
+    for b in art.figures:
+        write_png(fig_dir / f"{b.name}.png", b.png or b"")
+    title = blocks[0].text
+    paths[f"article.{lang}.html"] = out_dir / f"lorafam-article.{lang}.html"
+    paths[f"article.{lang}.md"] = out_dir / f"lorafam-article.{lang}.md"
+    atomic_write_text(paths[f"article.{lang}.html"], to_wechat_html(blocks, title, lang, folder, inline_images))
+    atomic_write_text(paths[f"article.{lang}.md"], to_article_markdown(blocks, folder))
+    return {"facts": art.facts, "figures": [f"{folder}/{b.name}.png" for b in art.figures]}
 
 
 def report_data(data: ReportData, verdicts: list[C.Verdict]) -> dict[str, Any]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from lorafam.report.data import ReportData
+from lorafam.report.data import ReportData, Row
+from lorafam.report.style import member_style
 
 _PALETTE = [
     "#1f6feb",
@@ -54,7 +55,8 @@ def family_tree() -> bytes:
     lane = {m.name: i for i, m in enumerate(members)}
     for m in members:
         y = -lane[m.name]
-        ax.scatter([m.year], [y], s=60, color=_PALETTE[lane[m.name] % len(_PALETTE)], zorder=3)
+        colour, marker = member_style(m.name)
+        ax.scatter([m.year], [y], s=60, color=colour, marker=marker, zorder=3)
         venue = m.venue.split(" (")[0].split(";")[0]  # the full venue is in the table below the figure
         ax.annotate(f"{m.name}  ({m.origin}, {venue})", (m.year, y), xytext=(8, -3), textcoords="offset points")
         if m.parent in lane:
@@ -78,7 +80,7 @@ def family_tree() -> bytes:
 def accuracy_curves(data: ReportData, task: str) -> bytes | None:
     fig, ax = _fig()
     drawn = 0
-    for i, row in enumerate(r for r in data.rows if r.impl in ("lorafam", "full")):
+    for row in (r for r in data.rows if r.impl in ("lorafam", "full")):
         runs = row.ok_runs(task)
         if not runs or not runs[0].train_info.eval_curve:
             continue
@@ -90,7 +92,8 @@ def accuracy_curves(data: ReportData, task: str) -> bytes | None:
                 if all(len(r.train_info.eval_curve) > j for r in runs)
             ]
         xs, ys = [0] + [c[0] for c in curve], [_base_acc(data, task)] + [100 * c[1] for c in curve]
-        ax.plot(xs, ys, marker="o", ms=3, label=row.label, color=_PALETTE[i % len(_PALETTE)])
+        colour, marker = member_style(row.member)
+        ax.plot(xs, ys, marker=marker, ms=5, label=row.label, color=colour)
         drawn += 1
     if not drawn:
         return None
@@ -113,13 +116,13 @@ def pareto(data: ReportData, task: str) -> bytes | None:
         acc = row.accuracies(task)
         params = row.mean("trainable_params", task)
         if acc and params:
-            pts.append((params, 100 * sum(acc) / len(acc), row.label))
+            pts.append((params, 100 * sum(acc) / len(acc), row))
     if not pts:
         return None
     fig, ax = _fig()
-    for i, (x, y, name) in enumerate(pts):
-        ax.scatter([x], [y], color=_PALETTE[i % len(_PALETTE)], s=28, zorder=3)
-        ax.annotate(name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
+    for x, y, row in pts:
+        _point(ax, x, y, row)
+        ax.annotate(row.label, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
     front = pareto_front([(x, y) for x, y, _ in pts])
     if len(front) > 1:
         ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="#57606a", lw=1)
@@ -127,6 +130,13 @@ def pareto(data: ReportData, task: str) -> bytes | None:
     ax.set_xlabel("trainable parameters (log)")
     ax.set_ylabel(f"exact match on {task} (%)")
     return _png(fig)
+
+
+def _point(ax: Any, x: float, y: float, row: Row) -> None:
+    """One member's point in its colour and marker; a PEFT peer is the same marker, hollow."""
+    colour, marker = member_style(row.member)
+    face = "white" if row.impl == "peft" else colour
+    ax.scatter([x], [y], s=36, marker=marker, facecolors=face, edgecolors=colour, zorder=3)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -157,8 +167,8 @@ def xy_series(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel:
         ax.plot(
             [p[0] for p in pts],
             [p[1] for p in pts],
-            marker="o",
-            ms=3,
+            marker="osD^vP"[i % 6],
+            ms=4,
             label=name,
             color=_PALETTE[i % len(_PALETTE)],
         )

@@ -81,7 +81,8 @@ def test_estimate_from_yaml_and_preset(setup, capsys):
 
 def _args(**kw) -> argparse.Namespace:
     base = {"model": None, "adapter": None, "max_new_tokens": 4, "temperature": 0.0, "system": None,
-            "ignore_base_mismatch": False, "device": None}  # fmt: skip
+            "ignore_base_mismatch": False, "device": None, "top_p": None, "top_k": None,
+            "repetition_penalty": None, "stop": [], "seed": None}  # fmt: skip
     return argparse.Namespace(**{**base, **kw})
 
 

@@ -12,7 +12,7 @@ import argparse
 
 EPILOG = """examples:
   lorafam chat --adapter runs/lora --system "Answer briefly."
-  lorafam chat --temperature 0.7 --top-k 50 --repetition-penalty 1.1"""
+  lorafam chat --temperature 0.7 --top-p 0.9 --seed 0"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,13 +27,19 @@ def run(args: argparse.Namespace, input_fn=input) -> int:  # input_fn: tests fee
     from rich.console import Console
 
     import lorafam as lf
-    from lorafam.commands._generation import AdapterMismatchError, check_adapter_base
+    from lorafam.commands._generation import AdapterMismatchError, check_adapter_base, sampling_from_args
     from lorafam.serve.app import render_chat
     from lorafam.serve.batching import Engine, EngineError, GenRequest
 
     console = Console()
     err = Console(stderr=True, soft_wrap=True)
     try:
+        sampling_from_args(args)  # the same checks as generate (ranges, top-p needs a temperature)
+        if args.top_k is not None or args.repetition_penalty is not None:
+            raise ValueError(
+                "chat runs on the serve engine, whose sampler takes --temperature, --top-p, --seed and --stop; "
+                "use lorafam generate for --top-k / --repetition-penalty"
+            )
         model = lf.load_model(args.model, device=args.device)
         tok = lf.load_tokenizer(args.model)
         if args.adapter and not args.ignore_base_mismatch:

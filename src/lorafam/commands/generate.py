@@ -17,10 +17,12 @@ EPILOG = """examples:
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
+    from lorafam.commands._generation import add_sampling_arguments
+
     p.add_argument("--model", default=None, help="base model folder (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--adapter", default=None, help="adapter folder (PEFT layout; lorafam's or PEFT's)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate (default 256)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    add_sampling_arguments(p)
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("--ignore-base-mismatch", action="store_true", help="load an adapter recorded for another base")
     p.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
@@ -35,10 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from lorafam.commands._generation import AdapterMismatchError, chat_prompt, load_for_inference, stream
+    from lorafam.commands._generation import (
+        AdapterMismatchError,
+        chat_prompt,
+        load_for_inference,
+        sampling_from_args,
+        stream,
+    )
 
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     try:
+        sampling = sampling_from_args(args)
         model, tok = load_for_inference(args.model, args.adapter, args.ignore_base_mismatch, args.device)
     except (AdapterMismatchError, FileNotFoundError, ValueError, KeyError) as exc:
         Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {exc}", highlight=False)
@@ -48,5 +57,5 @@ def run(args: argparse.Namespace) -> int:
             {"role": "user", "content": prompt}
         ]
         prompt = chat_prompt(tok, msgs)
-    stream(model, tok, prompt, args.max_new_tokens, args.temperature)
+    stream(model, tok, prompt, args.max_new_tokens, sampling=sampling)
     return 0

@@ -64,21 +64,20 @@ def source_compatibility(method: str, peft_compatible: bool, mergeable: bool) ->
     return rows
 
 
-def export_lora(model: nn.Module, out_dir: str | os.PathLike[str], name: str = "default", rank: int | None = None):
-    """Write adapter ``name`` of ``model`` to ``out_dir`` as a plain PEFT LoRA adapter. Returns an ExportReport.
+@dataclass
+class PlainFactors:
+    """Adapter ``name`` as plain LoRA factors: per module path (A (r, in), B (out, r), scale) with
+    ΔW = scale · B A, plus the file-level rank and alpha (scale = alpha / rank for every layer)."""
 
-    Args:
-        model: a model with the adapter attached (``lf.attach`` / ``lf.load_adapter``).
-        out_dir: target folder (written atomically).
-        name: which attached adapter.
-        rank: SVD route only: the LoRA rank (default: the member's ``rank``).
+    route: str  # "copy" | "exact" | "svd"
+    rank: int
+    alpha: float
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
+    errors: list[float]
 
-    Raises:
-        ValueError: unknown adapter name, a member that cannot be merged, or a bad rank.
-    """
-    from lorafam.core.checkpoint import save_adapter
+
+def _exportable(model: nn.Module, name: str):  # -> (AdapterConfig, MethodSpec)
     from lorafam.family import spec_for_config
-    from lorafam.methods.lora import LoraConfig
 
     cfgs = configs(model)
     if name not in cfgs:
@@ -88,11 +87,22 @@ def export_lora(model: nn.Module, out_dir: str | os.PathLike[str], name: str = "
     cls = spec.adapter_cls
     if not cls.mergeable:
         raise ValueError(f"{type(cfg).__name__} cannot be exported as plain LoRA: {cls.not_mergeable_reason}")
+    return cfg, spec
+
+
+def plain_factors(model: nn.Module, name: str = "default", rank: int | None = None) -> PlainFactors:
+    """The LoRA factors of any mergeable member (copy for LoRA/rsLoRA/LongLoRA, exact, or SVD; see the module)."""
+    from lorafam.methods.lora import LoraConfig
+
+    cfg, spec = _exportable(model, name)
     layers = [(p, layer) for p, layer in adapted_layers(model) if name in layer.adapters]
+    out: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     if type(cfg) is LoraConfig or spec.key == "longlora":
-        save_adapter(model, out_dir, name)
-        return ExportReport(str(out_dir), spec.key, "copy", cfg.rank, float(cfg.alpha), len(layers), 0.0)
-    state: dict[str, torch.Tensor] = {}
+        for path, layer in layers:
+            ad = layer.adapters[name]
+            a, b = ad.lora_A.detach().float().cpu(), ad.lora_B.detach().float().cpu()
+            out[path] = (a.contiguous(), b.contiguous(), float(ad.scaling))
+        return PlainFactors("copy", cfg.rank, float(cfg.alpha), out, [0.0] * len(out))
     errors: list[float] = []
     exact = all(hasattr(layer.adapters[name], "lora_factors") for _, layer in layers)
     r = cfg.rank if exact else int(rank or cfg.rank)
@@ -114,8 +124,38 @@ def export_lora(model: nn.Module, out_dir: str | os.PathLike[str], name: str = "
             approx = (alpha / r) * (b @ a)
             norm = float(delta.norm())
             errors.append(float((delta - approx).norm()) / norm if norm > 0 else 0.0)
-        state[f"{PREFIX}{path}.lora_A.weight"] = a.contiguous().cpu()
-        state[f"{PREFIX}{path}.lora_B.weight"] = b.contiguous().cpu()
+        out[path] = (a.float().contiguous().cpu(), b.float().contiguous().cpu(), alpha / r)
+    return PlainFactors("exact" if exact else "svd", r, alpha, out, errors)
+
+
+def export_lora(model: nn.Module, out_dir: str | os.PathLike[str], name: str = "default", rank: int | None = None):
+    """Write adapter ``name`` of ``model`` to ``out_dir`` as a plain PEFT LoRA adapter. Returns an ExportReport.
+
+    Args:
+        model: a model with the adapter attached (``lf.attach`` / ``lf.load_adapter``).
+        out_dir: target folder (written atomically).
+        name: which attached adapter.
+        rank: SVD route only: the LoRA rank (default: the member's ``rank``).
+
+    Raises:
+        ValueError: unknown adapter name, a member that cannot be merged, or a bad rank.
+    """
+    from lorafam.core.checkpoint import save_adapter
+    from lorafam.methods.lora import LoraConfig
+
+    cfg, spec = _exportable(model, name)
+    if type(cfg) is LoraConfig or spec.key == "longlora":
+        layers = [(p, layer) for p, layer in adapted_layers(model) if name in layer.adapters]
+        save_adapter(model, out_dir, name)
+        return ExportReport(str(out_dir), spec.key, "copy", cfg.rank, float(cfg.alpha), len(layers), 0.0)
+    factors = plain_factors(model, name, rank)
+    r, alpha = factors.rank, factors.alpha
+    state: dict[str, torch.Tensor] = {}
+    for path, (a, b, _) in factors.layers.items():
+        state[f"{PREFIX}{path}.lora_A.weight"] = a
+        state[f"{PREFIX}{path}.lora_B.weight"] = b
+    errors = factors.errors
+    exact = factors.route == "exact"
     peft_cfg = file_config(model, name, LoraConfig(rank=r, alpha=alpha, targets=cfg.targets).to_peft())
 
     def write(tmp: Path) -> None:
@@ -123,6 +163,7 @@ def export_lora(model: nn.Module, out_dir: str | os.PathLike[str], name: str = "
         (tmp / CONFIG_NAME).write_text(json.dumps(peft_cfg, indent=2, sort_keys=True) + "\n")
 
     atomic_write_dir(Path(out_dir), write)
+    layers = list(factors.layers)
     notes = [] if exact else [f"SVD to rank {r}: max relative error {max(errors, default=0.0):.2e} over layers"]
     route = "exact" if exact else "svd"
     return ExportReport(str(out_dir), spec.key, route, r, alpha, len(layers), max(errors, default=0.0), notes)

@@ -1,4 +1,5 @@
-"""``lorafam export ADAPTER_DIR --to lora OUT_DIR``: rewrite an adapter as plain PEFT LoRA (see lorafam.export).
+"""``lorafam export ADAPTER_DIR --to lora OUT_DIR`` / ``--to gguf OUT.gguf``: rewrite an adapter as plain PEFT LoRA
+(see lorafam.export) or as a llama.cpp LoRA GGUF (lorafam.export_gguf).
 
 Quantum-PEFT is exported exactly (rank K); DoRA / AdaLoRA by SVD to ``--rank`` (error reported); plain LoRA is
 copied; aLoRA and mixtures are refused (no single ΔW). Prints a compatibility matrix for the source and the result.
@@ -15,8 +16,14 @@ EPILOG = """examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("adapter", help="adapter folder (lorafam or PEFT layout)")
-    p.add_argument("--to", required=True, choices=["lora"], help="target format (plain PEFT LoRA)")
-    p.add_argument("out", help="where to write the exported adapter folder")
+    p.add_argument(
+        "--to",
+        required=True,
+        choices=["lora", "gguf"],
+        help="lora: a plain PEFT LoRA folder; gguf: a llama.cpp LoRA adapter file (llama-cli --lora, Ollama ADAPTER)",
+    )
+    p.add_argument("out", help="where to write the exported adapter folder (--to lora) or .gguf file (--to gguf)")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16"], help="--to gguf: tensor type (default f32)")
     p.add_argument("--model", default=None, help="base model folder (default: the adapter's recorded base)")
     p.add_argument("--rank", type=int, default=None, help="SVD route only: LoRA rank (default: the member's rank)")
     p.add_argument("--name", default="default", help=argparse.SUPPRESS)
@@ -48,10 +55,23 @@ def run(args: argparse.Namespace) -> int:
         model = lf.load_adapter(base, args.adapter, name=args.name)
         cfg = lf.configs(model)[args.name]
         spec = spec_for_config(cfg)
-        report = export_lora(model, args.out, name=args.name, rank=args.rank)
+        if args.to == "gguf":
+            from lorafam.export_gguf import export_gguf
+
+            g = export_gguf(model, args.out, name=args.name, rank=args.rank, dtype=args.dtype)
+        else:
+            report = export_lora(model, args.out, name=args.name, rank=args.rank)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         return 2
+    if args.to == "gguf":
+        print(
+            f"{g.path}: llama.cpp LoRA adapter ({g.arch}, {g.tensors // 2} layers, rank {g.rank}, {g.route} route"
+            + (f"; {g.notes[0]}" if g.notes else "")
+            + "). Use: llama-cli -m BASE.gguf --lora "
+            + g.path
+        )
+        return 0
     for title, rows in (
         (f"source: {args.adapter} ({spec.key})", source_compatibility(spec.key, spec.peft_compatible, spec.adapter_cls.mergeable)),
         (f"exported: {report.out_dir} (plain LoRA, r={report.rank}, α={report.alpha:g})", report.compatibility()),

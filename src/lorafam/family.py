@@ -15,12 +15,16 @@ entry in each table + its reference test.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lorafam.core.adapter import Adapter
-from lorafam.core.config import AdapterConfig, closest
+from lorafam.helpers import check_keys, closest
+
+if TYPE_CHECKING:  # the registry is the ground floor: it names core's types but imports no core at run time
+    from lorafam.core.adapter import Adapter
+    from lorafam.core.config import AdapterConfig
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,32 @@ class MethodSpec:
 
 
 @dataclass(frozen=True)
+class RunFacts:
+    """What a training run knows that some member configs need (see :meth:`AdapterConfig.run_fields`)."""
+
+    total_steps: int | None = None
+    """Optimizer steps of the run (AdaLoRA's budget schedule)."""
+    assistant_header: list[int] | None = None
+    """Token ids that open the answer in the prompt format (aLoRA's invocation when none is given)."""
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """Training settings a member recommends; None = the trainer's (or the arena's) own default."""
+
+    lr: float | None = None
+    """AdamW learning rate (AdaLoRA: 5e-3, because Λ starts at zero; docs/adalora.md)."""
+    warmup_steps: int | None = None
+    """Linear warm-up steps."""
+    loraplus_ratio: float | None = None
+    """LoRA+ ratio η_B / η_A (the ``loraplus`` member: 16)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings that are set, by name."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
 class FamilyMember:
     """One member of the LoRA family, with verified lineage metadata (see shared FAMILY.md)."""
 
@@ -59,14 +89,44 @@ class FamilyMember:
     idea: str  # one line
     parent: str | None
     preset: dict[str, Any] = field(default_factory=dict)  # config fields this member sets
-    train_options: dict[str, Any] = field(default_factory=dict)  # optimizer/trainer options (LoRA+ ratio)
+    train: TrainDefaults = field(default_factory=TrainDefaults)  # recommended lr / warm-up / LoRA+ ratio
+    dora_variant: str | None = None  # the member that ``use_dora: true`` turns this one into
     in_peft: bool = False  # Hugging Face PEFT implements it too
     notes: str = ""
 
-    def make_config(self, **overrides: Any) -> AdapterConfig:
-        """The member's config: its preset, then the caller's overrides."""
+    @property
+    def train_options(self) -> dict[str, Any]:
+        """:attr:`train` as a dict of the settings that are set (``lr``, ``warmup_steps``, ``loraplus_ratio``)."""
+        return self.train.as_dict()
+
+    def make_config(
+        self,
+        fields: Mapping[str, Any] | None = None,
+        /,
+        *,
+        run: RunFacts | None = None,
+        where: str = "",
+        **more: Any,
+    ) -> AdapterConfig:
+        """The one member → config builder (the trainer, the arena and the contract tests call it).
+
+        Precedence: the config class's defaults < the member's ``preset`` < ``fields``. Pass in ``fields`` only what
+        the caller really set (the trainer passes the YAML keys the user wrote, so AdaLoRA keeps its initial rank 12
+        and LongLoRA its q/k/v/o targets when the YAML does not name them); keyword arguments join ``fields``.
+        Facts of the run (:class:`RunFacts`: the number of steps, the prompt format's assistant header) go to the
+        member's :meth:`AdapterConfig.run_fields`, which fills the fields that need them unless the preset or
+        ``fields`` already did.
+
+        Raises:
+            ValueError: a key that is not a field of the member's config (named, with the closest valid one and
+                ``where`` as the prefix), or the config's own validation error.
+        """
         cls = METHODS[self.method].config_cls
-        return cls(**{**self.preset, **overrides})
+        given = {**(fields or {}), **more}
+        check_keys(given, cls.field_names(), where or f"member {self.name} ({cls.__name__})")
+        chosen = {**self.preset, **given}
+        filled = cls.run_fields(chosen, run) if run is not None else {}
+        return cls(**{**filled, **chosen})
 
 
 def _load(path: str) -> Any:
@@ -139,6 +199,7 @@ MEMBERS: dict[str, FamilyMember] = {
         arxiv="2106.09685",
         idea="Freeze W0 and learn a low-rank update BA beside it; merge it away for zero inference cost.",
         parent=None,
+        dora_variant="dora",
         in_peft=True,
     ),
     "rslora": FamilyMember(
@@ -166,7 +227,7 @@ MEMBERS: dict[str, FamilyMember] = {
         arxiv="2402.12354",
         idea="Same adapter, but B learns λ times faster than A (an optimizer change only).",
         parent="lora",
-        train_options={"loraplus_ratio": 16.0},
+        train=TrainDefaults(loraplus_ratio=16.0),
         in_peft=True,
     ),
     "dora": FamilyMember(
@@ -225,7 +286,7 @@ MEMBERS: dict[str, FamilyMember] = {
         arxiv="2303.10512",
         idea="Write ΔW as PΛQ (SVD form) and move rank from unimportant to important matrices while training.",
         parent="lora",
-        train_options={"lr": 5e-3},
+        train=TrainDefaults(lr=5e-3),
         in_peft=True,
         notes="Rank allocation is a trainer callback; recommended lr 5e-3 (Λ starts at zero; docs/adalora.md).",
     ),

@@ -116,3 +116,39 @@ def test_only_adapter_params_train_and_all_get_gradients(name, arch):
     out.loss.backward()
     for qual, p, _, _ in named_adapter_params(model):
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reached {qual}"
+
+
+def _no_lorafam_state(model) -> list[str]:
+    return sorted(k for k in vars(model) if k.startswith("lorafam"))
+
+
+@pytest.mark.parametrize("name", MEMBER_NAMES)
+def test_detach_removes_one_adapter_and_restores_base_layers(name):
+    """``lf.detach(model, name)``: the other adapter keeps its outputs (merged or not); the last one gives the base
+    model back, module for module, with no lorafam state left on it."""
+    model, ref, spec, cfg = _build(name, "llama")
+    perturb_adapters(model)
+    keep_cfg = lf.LoraConfig(rank=2, alpha=4, targets=["q_proj", "o_proj"])
+    lf.attach(model, keep_cfg, name="keep")
+    alone = ARCHS["llama"]()
+    if cfg.quantize is not None:
+        for path, layer in adapted_layers(model):
+            set_base_weight(alone.get_submodule(path), base_weight(layer.base_layer))
+    lf.attach(alone, keep_cfg, name="keep")
+    perturb_adapters(model, seed=2)  # both adapters non-identity; copy "keep" into the lone model
+    state = {n: p for n, p, _, _ in named_adapter_params(model) if ".adapters.keep." in n}
+    with torch.no_grad():
+        for n, p, _, _ in named_adapter_params(alone):
+            p.copy_(state[n])
+    if lf.METHODS[lf.MEMBERS[name].method].adapter_cls.mergeable:
+        lf.merge(model)  # detach unmerges only the detached adapter
+    lf.detach(model, "default")
+    assert set(lf.configs(model)) == {"keep"}
+    torch.testing.assert_close(_logits(model), _logits(alone), atol=1e-4, rtol=1e-4)
+    lf.unmerge(model)
+    lf.detach(model, "keep")
+    assert not list(adapted_layers(model)) and not lf.configs(model)
+    assert _no_lorafam_state(model) == []
+    torch.testing.assert_close(_logits(model), _logits(ref), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="no adapter named 'keep'.*attached: \\[\\]"):
+        lf.detach(model, "keep")

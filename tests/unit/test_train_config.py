@@ -114,7 +114,9 @@ def test_targets_and_adapter_config():
 def test_method_args_unknown_field_names_the_class():
     from lorafam.train.build import adapter_config
 
-    with pytest.raises(ConfigError, match="method_args.use_rslor: not a field of LoraConfig.*'use_rslora'"):
+    with pytest.raises(
+        ConfigError, match=r"method_args \(LoraConfig, method: lora\): unknown field 'use_rslor'.*'use_rslora'"
+    ):
         adapter_config(make_config({"method_args": {"use_rslor": True}}))
 
 
@@ -128,3 +130,20 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(cfg.to_yaml())
     assert load_config(path) == cfg
+
+
+def test_member_defaults_survive_unless_the_yaml_sets_the_generic_keys(tmp_path):
+    """Issue 10 item 11: the trainer's generic defaults used to overwrite the member's (AdaLoRA trained at init
+    rank 8, LongLoRA on every linear layer). Only keys the user set reach the member config."""
+    from lorafam.train.build import adapter_config
+
+    ada = adapter_config(make_config({"method": "adalora"}))
+    assert (ada.init_rank, ada.rank, ada.alpha) == (12, 12, 16.0)
+    longlora = adapter_config(make_config({"method": "longlora"}))
+    assert longlora.targets == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert adapter_config(make_config({"method": "lora"})).rank == 8  # the class default, as before
+    set_ = adapter_config(make_config({"method": "adalora", "lora_rank": 6, "lora_target": "q_proj"}))
+    assert (set_.init_rank, set_.alpha, set_.targets) == (6, 12.0, ["q_proj"])  # alpha = 2 × rank (LLaMA-Factory)
+    path = tmp_path / "run.yaml"
+    path.write_text(make_config({"method": "adalora"}).to_yaml())  # the run_config.yaml of such a run
+    assert adapter_config(load_config(path)).init_rank == 12

@@ -255,6 +255,18 @@ class AdaptedLayer(nn.Module):
             adapter.merge_into(self.base_layer)
             self.merged.append(name)
 
+    def remove_adapter(self, name: str) -> Adapter:
+        """Take adapter ``name`` off this layer (unmerged first; other merged adapters stay merged). Returns it."""
+        if name not in self.adapters:
+            raise KeyError(f"no adapter named {name!r} on this layer; attached: {list(self.adapters)}")
+        if name in self.merged:  # unmerge in reverse order, then fold the others back in their order
+            others = [n for n in self.merged if n != name]
+            self.unmerge()
+            self.merge(others)
+        if name in self.active:
+            self.active.remove(name)
+        return self.adapters.pop(name)
+
     def unmerge(self) -> None:
         for name in reversed(list(self.merged)):
             self.adapters[name].unmerge_from(self.base_layer)

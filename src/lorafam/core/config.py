@@ -8,17 +8,17 @@ YAML files and the CLI.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from lorafam.helpers import check_keys, closest
+
+if TYPE_CHECKING:
+    from lorafam.family import RunFacts
+
+__all__ = ["AdapterConfig", "Targets", "closest"]
 
 Targets = list[str] | str
-
-
-def closest(name: str, choices: list[str] | tuple[str, ...]) -> str:
-    """A "did you mean" suffix for error messages ('' when nothing is close)."""
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f" Did you mean {match[0]!r}?" if match else ""
 
 
 @dataclass(kw_only=True)
@@ -107,10 +107,14 @@ class AdapterConfig:
         """Build a config from ``to_dict`` output; unknown keys raise with the closest valid name."""
         data = dict(data)
         data.pop("method", None)
-        valid = cls.field_names()
-        for key in data:
-            if key not in valid:
-                raise ValueError(
-                    f"{cls.__name__}: unknown key {key!r}.{closest(key, valid)} Valid keys: {', '.join(valid)}"
-                )
+        check_keys(data, cls.field_names(), cls.__name__)
         return cls(**data)
+
+    @classmethod
+    def run_fields(cls, chosen: dict[str, Any], run: RunFacts) -> dict[str, Any]:
+        """Fields this member fills from the run when the caller's ``chosen`` fields leave them open.
+
+        Called by :meth:`lorafam.family.FamilyMember.make_config`; the result goes *under* ``chosen``. None by
+        default; AdaLoRA takes the step count, aLoRA the assistant header as its invocation.
+        """
+        return {}

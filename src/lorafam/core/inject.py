@@ -111,44 +111,44 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
         )
     adapter_cls = spec.adapter_cls
     quantized_now = False
-    for path in picked:
-        layer = layers[path]
-        if not isinstance(layer, AdaptedLayer):
-            base = layer
-            if config.quantize == "nf4" and not is_quantized(base):
-                from lorafam.quant.nf4 import quantize_base
+    done: list[tuple[str, nn.Module, AdaptedLayer]] = []  # (path, module found there, adapted layer)
+    try:
+        for path in picked:
+            found = layers[path]
+            layer = found if isinstance(found, AdaptedLayer) else None
+            if layer is None:
+                base = found
+                if config.quantize == "nf4" and not is_quantized(base):
+                    from lorafam.quant.nf4 import quantize_base
 
-                base = quantize_base(base, compute_dtype=config.compute_dtype)
-                quantized_now = True
-            layer = AdaptedLayer(base)
-            _set_module(model, path, layer)
-        in_f, out_f = base_shape(layer.base_layer)
-        rank, alpha = (
-            config.rank_alpha_for(path)
-            if hasattr(config, "rank_alpha_for")
-            else (
-                config.rank,
-                float(config.alpha),
-            )
-        )
-        adapter = make_adapter(adapter_cls, config, in_f, out_f, rank, alpha, path)
-        ref = _reference_param(layer.base_layer)
-        adapter.to(device=ref.device)
-        if hasattr(adapter, "init_from_base"):
-            adapter.init_from_base(layer.base_layer)
-        adapter.train(layer.base_layer.training)  # follow the model's mode (no dropout in an eval-mode model)
-        layer.add_adapter(name, adapter)
+                    base = quantize_base(base, compute_dtype=config.compute_dtype)
+                    quantized_now = True
+                layer = AdaptedLayer(base)
+                _set_module(model, path, layer)
+            done.append((path, found, layer))
+            layer.add_adapter(name, _build_on(layer, adapter_cls, config, path))
+    except Exception:  # leave the model as it was: no half-attached adapter
+        for path, found, layer in reversed(done):
+            if name in layer.adapters:
+                layer.remove_adapter(name)
+            if layer is not found:
+                _set_module(model, path, found)
+        raise
     if quantized_now:  # drop every reference to the float weights (and the file they were mapped from)
         from lorafam.quant.nf4 import release_float_weights
 
         del layers
         release_float_weights(model)
-    if config.modules_to_save:
-        attach_copies(model, config.modules_to_save, name)
     existing = dict(existing)
     existing[name] = config
     object.__setattr__(model, CONFIGS_ATTR, existing)
-    adapter_cls.on_attach(model, config, name)
+    try:
+        if config.modules_to_save:
+            attach_copies(model, config.modules_to_save, name)
+        adapter_cls.on_attach(model, config, name)
+    except Exception:
+        detach(model, name)
+        raise
     if trainable:
         mark_trainable(model, [name])
     else:  # inference (PEFT's is_trainable=False): base and new adapter frozen, other adapters keep their flags
@@ -168,6 +168,25 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
         for p in keep:
             p.requires_grad_(True)
     return model
+
+
+def _build_on(layer: AdaptedLayer, adapter_cls: type[Adapter], config: AdapterConfig, path: str) -> Adapter:
+    """The adapter for one layer: resolved rank/alpha, on the base's device, initialised from the base."""
+    in_f, out_f = base_shape(layer.base_layer)
+    rank, alpha = (
+        config.rank_alpha_for(path)
+        if hasattr(config, "rank_alpha_for")
+        else (
+            config.rank,
+            float(config.alpha),
+        )
+    )
+    adapter = make_adapter(adapter_cls, config, in_f, out_f, rank, alpha, path)
+    adapter.to(device=_reference_param(layer.base_layer).device)
+    if hasattr(adapter, "init_from_base"):
+        adapter.init_from_base(layer.base_layer)
+    adapter.train(layer.base_layer.training)  # follow the model's mode (no dropout in an eval-mode model)
+    return adapter
 
 
 def make_adapter(
@@ -292,18 +311,44 @@ def merge_and_unload(model: nn.Module, progress: bool = False) -> nn.Module:
     return model
 
 
-def unload(model: nn.Module) -> nn.Module:
-    """Remove all adapters without merging; the base model comes back unchanged."""
+def detach(model: nn.Module, name: str) -> nn.Module:
+    """Remove adapter ``name`` from ``model`` without merging it; returns the model.
+
+    The member's model-level state (hooks, attention switch, extra trainable tensors) goes with it, other
+    adapters stay as they are (merged ones stay merged), and a layer whose last adapter this was gets its
+    original base layer back in place.
+
+    Raises:
+        ValueError: no adapter of that name is attached (the message lists the attached ones).
+    """
     from lorafam.family import spec_for_config
 
+    cfgs = configs(model)
+    if name not in cfgs:
+        raise ValueError(f"no adapter named {name!r} on this model; attached: {sorted(cfgs)}")
+    config = cfgs[name]
+    spec_for_config(config).adapter_cls.on_detach(model, config, name)
     for path, layer in list(adapted_layers(model)):
+        if name in layer.adapters:
+            layer.remove_adapter(name)
+            if not layer.adapters:
+                _set_module(model, path, layer.base_layer)
+    detach_copies(model, name)
+    rest = {k: v for k, v in cfgs.items() if k != name}
+    if rest:
+        object.__setattr__(model, CONFIGS_ATTR, rest)
+    elif hasattr(model, CONFIGS_ATTR):
+        object.__delattr__(model, CONFIGS_ATTR)
+    return model
+
+
+def unload(model: nn.Module) -> nn.Module:
+    """Remove all adapters without merging; the base model comes back unchanged."""
+    for name in reversed(list(configs(model))):
+        detach(model, name)
+    for path, layer in list(adapted_layers(model)):  # layers left without a config (a failed attach)
         layer.unmerge()
         _set_module(model, path, layer.base_layer)
-    for name, cfg in configs(model).items():
-        spec_for_config(cfg).adapter_cls.on_detach(model, cfg, name)
-        detach_copies(model, name)
-    if hasattr(model, CONFIGS_ATTR):
-        object.__delattr__(model, CONFIGS_ATTR)
     return model
 
 

@@ -112,6 +112,13 @@ class AdaLoraConfig(AdapterConfig):
     def scaling(self) -> float:
         return float(self.alpha) / (self.init_rank + RANKNUM_EPS)
 
+    @classmethod
+    def run_fields(cls, chosen: dict[str, Any], run: Any) -> dict[str, Any]:
+        """The budget schedule's ``total_step`` from the run's step count (unless set)."""
+        if run.total_steps and chosen.get("total_step") is None:
+            return {"total_step": int(run.total_steps)}
+        return {}
+
     def rank_alpha_for(self, path: str) -> tuple[int, float]:
         """(rank, alpha) of one module: the kept triplets of ``rank_pattern`` when it names the module."""
         mask = self.pattern_for(path)

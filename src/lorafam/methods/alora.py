@@ -143,6 +143,13 @@ class ALoraConfig(LoraConfig):
         return dataclasses.replace(self, invocation_tokens=ids)
 
     @classmethod
+    def run_fields(cls, chosen: dict[str, Any], run: Any) -> dict[str, Any]:
+        """The prompt format's assistant header as the invocation, unless one is given."""
+        if run.assistant_header and not chosen.get("invocation_tokens") and not chosen.get("invocation_string"):
+            return {"invocation_tokens": list(run.assistant_header)}
+        return {}
+
+    @classmethod
     def from_string(cls, invocation_string: str, tokenizer: Any, **kwargs: Any) -> ALoraConfig:
         """``ALoraConfig(invocation_string=..., **kwargs).resolve(tokenizer)``."""
         return cls(invocation_string=invocation_string, **kwargs).resolve(tokenizer)
@@ -300,4 +307,7 @@ class ALoraAdapter(LoraAdapter):
         entry = registry.pop(name, None)
         if entry is not None:
             entry[1].remove()
-        object.__setattr__(model, STATE_ATTR, registry)
+        if registry:
+            object.__setattr__(model, STATE_ATTR, registry)
+        elif STATE_ATTR in model.__dict__:
+            object.__delattr__(model, STATE_ATTR)

@@ -103,7 +103,10 @@ class LongLoraAdapter(LoraAdapter):
             s2attn.disable(model, state["previous_attn"])
         extra = dict(getattr(model, "lorafam_extra_trainable", {}))
         extra.pop(name, None)
-        object.__setattr__(model, "lorafam_extra_trainable", extra)
+        if extra:
+            object.__setattr__(model, "lorafam_extra_trainable", extra)
+        elif "lorafam_extra_trainable" in model.__dict__:
+            object.__delattr__(model, "lorafam_extra_trainable")
         for attr in ("lorafam_extra_state", "lorafam_load_extra_state", "lorafam_extra_peft_config", STATE_ATTR):
             if attr in model.__dict__:
                 object.__delattr__(model, attr)

@@ -308,8 +308,11 @@ class MixtureAdapter(Adapter):
 
     @classmethod
     def on_detach(cls, model: nn.Module, config: AdapterConfig, name: str) -> None:
-        for handle in getattr(model, "lorafam_mixture_hooks", {}).pop(name, ()):
+        hooks = getattr(model, "lorafam_mixture_hooks", {})
+        for handle in hooks.pop(name, ()):
             handle.remove()
+        if not hooks and "lorafam_mixture_hooks" in model.__dict__:
+            object.__delattr__(model, "lorafam_mixture_hooks")
         for _, ad in mixtures(model, name):
             ad._routing, ad._seq = None, None
 

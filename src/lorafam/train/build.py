@@ -7,45 +7,57 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorafam.core.config import AdapterConfig, closest
+from lorafam.core.config import AdapterConfig
+from lorafam.helpers import check_keys
 from lorafam.train.config import ConfigError, TrainConfig
 
 
-def adapter_config(cfg: TrainConfig) -> AdapterConfig:
-    """The member's adapter config from the generic keys plus ``method_args``.
+def adapter_fields(cfg: TrainConfig) -> dict[str, Any]:
+    """The adapter config fields the user set in the YAML (``model_fields_set``), in the config's own names.
 
-    ``use_dora`` turns ``method: lora`` into DoRA; ``use_rslora`` sets the flag on members that have it;
-    ``quantization_bit: 4`` stores the base in NF4 (QLoRA under any member).
+    Unset generic keys are left out, so the member's preset and its config class decide (AdaLoRA's initial rank
+    12, LongLoRA's q/k/v/o targets). ``lora_alpha`` defaults to 2 × ``lora_rank`` when only the rank is set
+    (LLaMA-Factory's rule); ``quantization_bit: 4`` stores the base in NF4 (QLoRA under any member).
     """
-    from lorafam.family import MEMBERS, METHODS
-
-    method = "dora" if cfg.use_dora and cfg.method == "lora" else cfg.method
-    member = MEMBERS[method]
-
-    cls = METHODS[member.method].config_cls
-    valid = cls.field_names()
-    kw: dict[str, Any] = {
-        "rank": cfg.lora_rank,
-        "alpha": cfg.lora_alpha if cfg.lora_alpha is not None else 2.0 * cfg.lora_rank,
-        "dropout": cfg.lora_dropout,
-        "targets": cfg.targets(),
-    }
+    given = cfg.model_fields_set
+    kw: dict[str, Any] = {}
+    if "lora_rank" in given:
+        kw["rank"] = cfg.lora_rank
+    if cfg.lora_alpha is not None:
+        kw["alpha"] = cfg.lora_alpha
+    elif "lora_rank" in given:
+        kw["alpha"] = 2.0 * cfg.lora_rank
+    if "lora_dropout" in given:
+        kw["dropout"] = cfg.lora_dropout
+    if "lora_target" in given:
+        kw["targets"] = cfg.targets()
     if cfg.use_rslora:
-        if "use_rslora" not in valid:
-            raise ConfigError(f"'use_rslora' is not an option of method: {cfg.method} ({cls.__name__})")
         kw["use_rslora"] = True
     if cfg.quantization_bit == 4:
         kw["quantize"] = "nf4"
         kw["compute_dtype"] = "bfloat16" if cfg.bf16 else "float32"
-    for key, value in cfg.method_args.items():
-        if key not in valid:
-            raise ConfigError(
-                f"method_args.{key}: not a field of {cls.__name__} (method: {cfg.method}).{closest(key, valid)} "
-                f"Valid: {', '.join(valid)}"
-            )
-        kw[key] = value
+    return kw
+
+
+def adapter_config(cfg: TrainConfig) -> AdapterConfig:
+    """The member's adapter config: :func:`adapter_fields` plus ``method_args``, through
+    :meth:`lorafam.family.FamilyMember.make_config`. ``use_dora`` picks the member's DoRA variant."""
+    from lorafam.family import MEMBERS, METHODS
+
+    name = MEMBERS[cfg.method].dora_variant or cfg.method if cfg.use_dora else cfg.method
+    member = MEMBERS[name]
+    cls = METHODS[member.method].config_cls
+    kw = adapter_fields(cfg)
+    if "use_rslora" in kw and "use_rslora" not in cls.field_names():
+        raise ConfigError(f"'use_rslora' is not an option of method: {cfg.method} ({cls.__name__})")
     try:
-        return member.make_config(**kw)
+        check_keys(
+            cfg.method_args, cls.field_names(), f"method_args ({cls.__name__}, method: {cfg.method})", "field"
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        return member.make_config({**kw, **cfg.method_args})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"method {cfg.method}: {exc}") from exc
 
@@ -73,7 +85,7 @@ def loraplus_ratio(cfg: TrainConfig) -> float | None:
 
     if cfg.loraplus_lr_ratio is not None:
         return cfg.loraplus_lr_ratio
-    return MEMBERS[cfg.method].train_options.get("loraplus_ratio")
+    return MEMBERS[cfg.method].train.loraplus_ratio
 
 
 def build_model(cfg: TrainConfig, device: torch.device | str | None = None) -> tuple[nn.Module, Any]:

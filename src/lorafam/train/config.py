@@ -39,6 +39,9 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "adamw_torch", "adamw_torch_fused", "adafa
 FULL_METHODS = ("full", "freeze")
 REPORT_TO = ("none", "tensorboard")
 
+GENERIC_ADAPTER_KEYS = frozenset({"lora_rank", "lora_alpha", "lora_dropout", "lora_target"})
+"""Member-independent adapter keys; unset, each leaves the member's own default in place (train/build.py)."""
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key."""
@@ -300,7 +303,10 @@ class TrainConfig(BaseModel):
         return self.warmup_steps or math.ceil(self.warmup_ratio * total_steps)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+        """The resolved config; generic adapter keys the user did not set stay out, so that a re-run from this
+        file still gets the member's own defaults (AdaLoRA's initial rank, LongLoRA's targets)."""
+        unset = GENERIC_ADAPTER_KEYS - self.model_fields_set
+        return yaml.safe_dump(self.model_dump(mode="json", exclude=unset), sort_keys=False, allow_unicode=True)
 
 
 # -- loading -----------------------------------------------------------------------------------------------------

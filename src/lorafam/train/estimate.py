@@ -194,13 +194,17 @@ def estimate_memory(
 
 
 def estimate_for_config(cfg: Any, device: str = "cpu") -> MemoryEstimate:
-    """The estimate for a :class:`~lorafam.train.config.TrainConfig` (batch = per-device micro-batch)."""
+    """The estimate for a :class:`~lorafam.train.config.TrainConfig` (batch = per-device micro-batch), with the
+    rank and targets the member would really train with (:func:`lorafam.train.build.adapter_config`)."""
+    from lorafam.train.build import adapter_config
+
+    acfg = adapter_config(cfg)
     return estimate_memory(
         cfg.model_name_or_path,
         quantization_bit=cfg.quantization_bit,
         bf16=cfg.bf16,
-        rank=cfg.lora_rank,
-        targets=cfg.targets() if cfg.targets() != "all-linear" else "all",
+        rank=acfg.rank,
+        targets=acfg.targets if acfg.targets != "all-linear" else "all",
         batch_size=cfg.per_device_train_batch_size,
         seq_len=cfg.cutoff_len,
         gradient_checkpointing=cfg.gradient_checkpointing,

@@ -1,4 +1,6 @@
-"""The training loop — explicit, in one function you can read top to bottom (:func:`_run`).
+"""The training loop, in phases you can read top to bottom (:func:`_run`): setup, resume, the loop, logging and
+evaluation, finish. The optimizer step itself (and the order of the callback hooks) is
+:func:`lorafam.train.step.optimizer_step`, shared with the arena.
 
 One optimizer step = ``gradient_accumulation_steps`` micro-batches on each of ``world`` ranks; the global batch
 is ``per_device_train_batch_size × gradient_accumulation_steps × world`` rows, taken in a seeded order that is a
@@ -14,7 +16,6 @@ import contextlib
 import json
 import math
 import resource
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,20 +24,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from lorafam.core.precision import native_bf16
 from lorafam.train import distributed
-from lorafam.train.checkpointing import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
+from lorafam.train.checkpointing import latest_checkpoint, load_checkpoint
 from lorafam.train.config import TrainConfig
 from lorafam.train.metrics import MetricsLog, plot_loss
+from lorafam.train.run_dir import NonFiniteLossError, TrainingError, prepare_output_dir
+from lorafam.train.run_dir import progress_bar as _progress
+from lorafam.train.run_dir import save_state as _save
+from lorafam.train.run_dir import stop as _stop
+from lorafam.train.step import StepResult, lr_lambda, optimizer_step
 
-_RUN_FILES = ("metrics.jsonl", "metrics.csv", "loss.png", "run_config.yaml", "train_results.json", "adapter")
-
-
-class TrainingError(RuntimeError):
-    """The run cannot start or had to stop; the message says why and what was kept."""
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss or the gradient norm became NaN/inf; the last good checkpoint is kept."""
+__all__ = ["NonFiniteLossError", "TrainResult", "TrainingError", "lr_lambda", "native_bf16", "train"]
 
 
 @dataclass
@@ -57,59 +56,6 @@ class TrainResult:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def lr_lambda(kind: str, warmup: int, total: int):  # -> Callable[[int], float]
-    """Multiplier of the base learning rate after ``s`` optimizer steps (Hugging Face's schedules)."""
-
-    def f(s: int) -> float:
-        if kind == "constant":
-            return 1.0
-        if s < warmup:
-            return s / max(1, warmup)
-        if kind == "constant_with_warmup":
-            return 1.0
-        progress = (s - warmup) / max(1, total - warmup)
-        if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
-
-    return f
-
-
-def native_bf16(device: torch.device | str = "cpu") -> bool:
-    """Whether bf16 matmuls are native here (CUDA, or a CPU with AMX / AVX512-BF16); elsewhere they are emulated
-    and much slower than fp32 (measured: 300 s vs 60 s per step on an AVX2-only CPU)."""
-    if torch.device(device).type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    cpu = getattr(torch, "cpu", None)
-    return bool(cpu and (cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported()))
-
-
-def prepare_output_dir(cfg: TrainConfig) -> Path | None:
-    """Refuse to mix runs; returns the checkpoint to resume from (None = fresh start)."""
-    out = Path(cfg.output_dir)
-    resume = cfg.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() not in ("true", "false", ""):
-        path = Path(resume)
-        if not (path / "trainer_state.json").is_file():
-            raise TrainingError(f"resume_from_checkpoint={resume!r}: not a complete checkpoint folder")
-        return path
-    if resume is True or (isinstance(resume, str) and resume.lower() == "true"):
-        found = latest_checkpoint(out)
-        if found is not None:
-            return found
-        return None  # nothing to resume yet: start at step 0 in the same folder
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite_output_dir:
-            raise TrainingError(
-                f"output_dir={out} is not empty (it holds another run). Set overwrite_output_dir: true to "
-                "replace that run, resume_from_checkpoint: true to continue it, or pick another output_dir"
-            )
-        for p in out.iterdir():
-            if p.name in _RUN_FILES or p.name.startswith("checkpoint-") or p.name.startswith(".checkpoint-"):
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-    return None
-
-
 def _global_rows(rows: list, order: list[int], b: int, size: int) -> list:
     return [rows[i] for i in order[b * size : (b + 1) * size]]
 
@@ -124,21 +70,63 @@ def train(cfg: TrainConfig, extra_callbacks: list | None = None) -> TrainResult:
 
 
 def _run(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) -> TrainResult:
-    from rich.console import Console
-
-    import lorafam as lf
-    from lorafam.core.inject import count_params
-    from lorafam.data.dataset import collate, epoch_order, pack, split, to_rows
-    from lorafam.train.build import build_model, config_examples, loraplus_ratio
-    from lorafam.train.callbacks import callbacks_for
-    from lorafam.train.loss import LossModule, shifted_targets
-
+    """The phases of a run, in order: setup, resume, the loop (training, logging, evaluation, checkpoints), finish."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    console = Console(stderr=True, quiet=not info.is_main)
-    out = Path(cfg.output_dir)
+    run = _setup(cfg, info, extra_callbacks)
+    _resume(run)
+    _loop(run)
+    return _finish(run)
 
-    # -- output folder (rank 0 decides, everyone learns the answer) ------------------------------------------
+
+@dataclass
+class _Run:
+    """Everything a run holds between its phases (built by :func:`_setup`, advanced by :func:`_loop`)."""
+
+    cfg: TrainConfig
+    info: distributed.DistInfo
+    console: Any
+    out: Path
+    resume_path: str | None
+    model: nn.Module
+    pad_id: int
+    rows: list
+    val_rows: list
+    stats: Any
+    steps_per_epoch: int
+    total: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    callbacks: list
+    runner: nn.Module
+    params: list
+    log: MetricsLog
+    trainable: int
+    total_params: int
+    start: int = 0
+    tokens_seen: int = 0
+    loss_curve: list = field(default_factory=list)
+    eval_curve: list = field(default_factory=list)
+    step_times: list = field(default_factory=list)
+    window: list = field(default_factory=list)
+    last_ckpt: str | None = None
+    t_start: float = 0.0
+    tokens_at_start: int = 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.per_device_train_batch_size * self.cfg.gradient_accumulation_steps * self.info.world
+
+    def regime(self) -> contextlib.AbstractContextManager[Any]:
+        """The numeric regime of every forward: bf16 autocast when ``bf16``."""
+        if self.cfg.bf16:
+            return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+# -- phase 1: setup ------------------------------------------------------------------------------------------------
+def _output_folder(cfg: TrainConfig, info: distributed.DistInfo, console: Any) -> str | None:
+    """Rank 0 decides whether to resume or start afresh, every rank learns the answer; the resolved config is saved."""
     decision: tuple[str | None, str | None] = (None, None)
     if info.is_main:
         try:
@@ -150,32 +138,45 @@ def _run(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) ->
     if error:
         raise TrainingError(error)
     if info.is_main:
+        out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "run_config.yaml").write_text(cfg.to_yaml())
         console.print(f"[bold]lorafam train[/] → {out}   (resolved config saved as run_config.yaml)")
+    return resume_path
 
-    # -- model, data, optimizer ------------------------------------------------------------------------------
+
+def _setup(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) -> _Run:
+    """Output folder, model with its adapter, data rows, optimizer, schedule, callbacks, (DDP) loss runner."""
+    from rich.console import Console
+
+    from lorafam.core.inject import count_params, trainable_summary
+    from lorafam.data.dataset import pack, split, to_rows
+    from lorafam.optim import make_optimizer
+    from lorafam.train.build import build_model, config_examples, loraplus_ratio
+    from lorafam.train.callbacks import callbacks_for
+    from lorafam.train.loss import LossModule
+
+    console = Console(stderr=True, quiet=not info.is_main)
+    resume_path = _output_folder(cfg, info, console)
     torch.manual_seed(cfg.seed)
     model, tok = build_model(cfg, info.device)
     trainable, total_params = count_params(model)
-    console.print(lf.trainable_summary(model, printer=None))
+    console.print(trainable_summary(model, printer=None))
     examples, stats = config_examples(cfg, tok)
     train_ex, val_ex = split(examples, cfg.val_size, cfg.seed)
     rows = pack(train_ex, cfg.cutoff_len) if cfg.packing else to_rows(train_ex)
-    val_rows = to_rows(val_ex)
     stats.train, stats.val = len(train_ex), len(val_ex)
     stats.packed_rows = len(rows) if cfg.packing else None
     console.print(f"data: {stats.summary()}")
     B, A, W = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, info.world
-    G = B * A * W
-    if len(rows) < G:
+    if len(rows) < B * A * W:
         raise TrainingError(
-            f"dataset: {len(rows)} training rows but one optimizer step needs {G} "
+            f"dataset: {len(rows)} training rows but one optimizer step needs {B * A * W} "
             f"(per_device_train_batch_size {B} × gradient_accumulation_steps {A} × {W} processes)"
         )
-    steps_per_epoch = len(rows) // G
+    steps_per_epoch = len(rows) // (B * A * W)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    optimizer = lf.make_optimizer(
+    optimizer = make_optimizer(
         model,
         lr=cfg.learning_rate,
         loraplus_ratio=loraplus_ratio(cfg),
@@ -186,252 +187,212 @@ def _run(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) ->
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.lr_scheduler_type, cfg.warmup_for(total), total)
     )
-    callbacks = callbacks_for(model, total) + extra_callbacks
-    loss_module = LossModule(model, cfg.loss_chunk_size)
-    runner: nn.Module = loss_module
+    runner: nn.Module = LossModule(model, cfg.loss_chunk_size)
     if info.enabled:
         runner = nn.parallel.DistributedDataParallel(
-            loss_module, broadcast_buffers=False, find_unused_parameters=cfg.ddp_find_unused_parameters
+            runner, broadcast_buffers=False, find_unused_parameters=cfg.ddp_find_unused_parameters
         )
     if cfg.bf16 and not native_bf16(info.device):
         console.print("[yellow]warning:[/] bf16 is emulated on this device (no AMX / AVX512-BF16): expect it to be "
                       "several times slower than fp32. Set bf16: false here.")  # fmt: skip
-    params = [p for p in model.parameters() if p.requires_grad]
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
+    return _Run(
+        cfg=cfg, info=info, console=console, out=Path(cfg.output_dir), resume_path=resume_path, model=model,
+        pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0, rows=rows, val_rows=to_rows(val_ex),
+        stats=stats, steps_per_epoch=steps_per_epoch, total=total, optimizer=optimizer, scheduler=scheduler,
+        callbacks=callbacks_for(model, total) + extra_callbacks, runner=runner,
+        params=[p for p in model.parameters() if p.requires_grad], log=MetricsLog(cfg.output_dir, info.is_main),
+        trainable=trainable, total_params=total_params,
+    )  # fmt: skip
 
-    # -- resume ----------------------------------------------------------------------------------------------
-    log = MetricsLog(out, enabled=info.is_main)
-    start, tokens_seen, loss_curve, eval_curve = 0, 0, [], []
-    if resume_path:
-        tstate, cb_state = load_checkpoint(resume_path, model, optimizer, scheduler, rank=info.rank)
-        start, tokens_seen = tstate["global_step"], tstate["tokens_seen"]
-        loss_curve = [tuple(x) for x in tstate["loss_curve"]]
-        eval_curve = [tuple(x) for x in tstate["eval_curve"]]
-        for i, cb in enumerate(callbacks):
+
+# -- phase 2: resume -----------------------------------------------------------------------------------------------
+def _resume(run: _Run) -> None:
+    """Restore the state of ``run.resume_path`` (adapter, optimizer, scheduler, RNGs, curves, callbacks)."""
+    if run.resume_path:
+        tstate, cb_state = load_checkpoint(
+            run.resume_path, run.model, run.optimizer, run.scheduler, rank=run.info.rank
+        )
+        run.start, run.tokens_seen = tstate["global_step"], tstate["tokens_seen"]
+        run.loss_curve = [tuple(x) for x in tstate["loss_curve"]]
+        run.eval_curve = [tuple(x) for x in tstate["eval_curve"]]
+        for i, cb in enumerate(run.callbacks):
             cb.load_state_dict(cb_state.get(f"{i}:{cb.name}", {}))
-        log.truncate_after(start)
-        console.print(f"resumed from {resume_path} at step {start}/{total}")
+        run.log.truncate_after(run.start)
+        run.console.print(f"resumed from {run.resume_path} at step {run.start}/{run.total}")
     else:
-        log.truncate_after(0)  # a run killed before its first checkpoint leaves lines that no longer apply
-        if cfg.resume_from_checkpoint:
-            console.print("resume_from_checkpoint: no complete checkpoint yet, starting at step 0")
-    for cb in callbacks:
-        cb.on_train_begin(model, total)
+        run.log.truncate_after(0)  # a run killed before its first checkpoint leaves lines that no longer apply
+        if run.cfg.resume_from_checkpoint:
+            run.console.print("resume_from_checkpoint: no complete checkpoint yet, starting at step 0")
+    for cb in run.callbacks:
+        cb.on_train_begin(run.model, run.total)
+    if run.info.is_main:
+        found = latest_checkpoint(run.out)
+        run.last_ckpt = str(found) if found else None
 
-    def evaluate() -> tuple[float, float]:
-        from lorafam.train.loss import causal_lm_loss
 
-        model.eval()
-        nll = torch.zeros((), dtype=torch.float64)
-        count = torch.zeros((), dtype=torch.float64)
-        mine = val_rows[info.rank :: info.world]
-        with torch.no_grad(), autocast:
-            for i in range(0, len(mine), cfg.per_device_eval_batch_size):
-                batch = collate(mine[i : i + cfg.per_device_eval_batch_size], pad_id)
-                batch = {k: v.to(info.device) for k, v in batch.items()}
-                s, n = causal_lm_loss(model, batch, cfg.loss_chunk_size)
-                nll += float(s)
-                count += n
-        model.train()
-        nll, count = distributed.all_sum(nll, info), distributed.all_sum(count, info)
-        loss = float(nll / max(1.0, float(count)))
-        return loss, math.exp(min(loss, 50.0))
+# -- phase 3: the loop ---------------------------------------------------------------------------------------------
+def _loop(run: _Run) -> None:
+    """Steps ``start+1 .. total``: one optimizer step each, then logging, evaluation and checkpoints when due."""
+    from lorafam.data.dataset import epoch_order
 
-    # -- the loop --------------------------------------------------------------------------------------------
-    progress = _progress(console, disabled=cfg.disable_progress or not info.is_main)
-    task = progress.add_task("train", total=total, completed=start, loss="—", tps="—")
-    window: list[float] = []
-    step_times: list[float] = []
-    t_start = time.perf_counter()
-    tokens_at_start = tokens_seen
-    last_ckpt = str(latest_checkpoint(out)) if info.is_main and latest_checkpoint(out) else None
+    progress = _progress(run.console, disabled=run.cfg.disable_progress or not run.info.is_main)
+    task = progress.add_task("train", total=run.total, completed=run.start, loss="—", tps="—")
+    run.t_start = time.perf_counter()
+    run.tokens_at_start = run.tokens_seen
     order_cache: dict[int, list[int]] = {}
     with progress:
-        for step in range(start, total):
+        for step in range(run.start, run.total):
             t0 = time.perf_counter()
-            epoch, b = divmod(step, steps_per_epoch)
+            epoch, b = divmod(step, run.steps_per_epoch)
             if epoch not in order_cache:
-                order_cache = {epoch: epoch_order(len(rows), cfg.seed, epoch)}
-            grows = _global_rows(rows, order_cache[epoch], b, G)
-            micro = []
-            for k in range(A):
-                part = grows[k * B * W + info.rank * B : k * B * W + (info.rank + 1) * B]
-                micro.append({key: v.to(info.device) for key, v in collate(part, pad_id, cfg.packing).items()})
-            n_local = sum(int((shifted_targets(mb["labels"]) != -100).sum()) for mb in micro)
-            n_global = int(distributed.all_sum(torch.tensor(n_local, dtype=torch.long), info))
-            nll_local = torch.zeros((), dtype=torch.float64)
-            aux = 0.0  # callbacks' extra loss terms (same on every rank)
-            for k, mb in enumerate(micro):
-                sync = contextlib.nullcontext()
-                if info.enabled and k < A - 1:
-                    sync = runner.no_sync()  # type: ignore[operator]
-                with sync, autocast:
-                    nll, _ = runner(mb)
-                    loss = nll * (W / max(1, n_global))
-                    for cb in callbacks:
-                        extra = cb.extra_loss(model)
-                        if extra is not None:
-                            loss = loss + extra / A
-                            aux += float(extra.detach()) / A
-                loss.backward()
-                nll_local += float(nll.detach())
-            step_loss = float(distributed.all_sum(nll_local, info)) / max(1, n_global)
-            if not math.isfinite(step_loss + aux):
-                _stop(log, step + 1, f"loss is {step_loss + aux}", last_ckpt)
-            for cb in callbacks:
-                cb.on_after_backward(step + 1, model)
-            if cfg.max_grad_norm:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            else:
-                grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
-            if not math.isfinite(grad_norm):
-                _stop(log, step + 1, f"gradient norm is {grad_norm}", last_ckpt)
-            lr_now = scheduler.get_last_lr()[0]
-            optimizer.step()
-            for cb in callbacks:
-                cb.on_optimizer_step(step + 1, model)
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
+                order_cache = {epoch: epoch_order(len(run.rows), run.cfg.seed, epoch)}
+            grows = _global_rows(run.rows, order_cache[epoch], b, run.global_batch)
+            result = _train_step(run, step + 1, grows)
             done = step + 1
-            tokens_seen += sum(len(r.input_ids) for r in grows)
-            step_times.append(time.perf_counter() - t0)
-            window.append(step_loss)
-            loss_curve.append((done, step_loss))
-            elapsed = time.perf_counter() - t_start
-            tps = (tokens_seen - tokens_at_start) / max(elapsed, 1e-9)
-            progress.update(task, completed=done, loss=f"{step_loss:.4f}", tps=f"{tps:,.0f}")
-            if done % cfg.logging_steps == 0 or done == total:
-                row = {
-                    "current_steps": done,
-                    "total_steps": total,
-                    "loss": sum(window) / len(window),
-                    "grad_norm": grad_norm,
-                    "lr": lr_now,
-                    "epoch": round(done / steps_per_epoch, 4),
-                    "percentage": round(100 * done / total, 2),
-                    "elapsed_time": round(elapsed, 2),
-                    "remaining_time": round(elapsed / (done - start) * (total - done), 2),
-                    "tokens_per_second": round(tps, 1),
-                    "throughput": round(tps, 1),
-                    "total_tokens": tokens_seen,
-                }
-                if aux:
-                    row["aux_loss"] = aux
-                for cb in callbacks:
-                    row.update(cb.logs())
-                log.write(row)
-                window = []
-            if val_rows and cfg.eval_steps and (done % cfg.eval_steps == 0 or done == total):
-                eval_loss, ppl = evaluate()
-                eval_curve.append((done, eval_loss))
-                log.write({"current_steps": done, "total_steps": total, "eval_loss": eval_loss, "eval_ppl": ppl})
-                console.print(f"step {done}: eval_loss {eval_loss:.4f}  ppl {ppl:.2f}")
-            if cfg.save_steps and done % cfg.save_steps == 0 and done < total:
-                last_ckpt = _save(cfg, info, out, done, model, optimizer, scheduler, callbacks, tokens_seen,
-                                  loss_curve, eval_curve, steps_per_epoch)  # fmt: skip
+            run.tokens_seen += sum(len(r.input_ids) for r in grows)
+            run.step_times.append(time.perf_counter() - t0)
+            run.window.append(result.loss)
+            run.loss_curve.append((done, result.loss))
+            tps = (run.tokens_seen - run.tokens_at_start) / max(time.perf_counter() - run.t_start, 1e-9)
+            progress.update(task, completed=done, loss=f"{result.loss:.4f}", tps=f"{tps:,.0f}")
+            _after_step(run, done, result, tps)
 
-    # -- the end ---------------------------------------------------------------------------------------------
+
+def _train_step(run: _Run, step: int, grows: list) -> StepResult:
+    """This rank's micro-batches of the global batch ``grows``, through :func:`lorafam.train.step.optimizer_step`.
+
+    Each micro-batch contributes ``sum_nll × world / tokens_in_global_batch`` (DDP averages over ranks)."""
+    from lorafam.data.dataset import collate
+    from lorafam.train.loss import shifted_targets
+
+    cfg, info = run.cfg, run.info
+    B, W = cfg.per_device_train_batch_size, info.world
+    micro = []
+    for k in range(cfg.gradient_accumulation_steps):
+        part = grows[k * B * W + info.rank * B : k * B * W + (info.rank + 1) * B]
+        micro.append({key: v.to(info.device) for key, v in collate(part, run.pad_id, cfg.packing).items()})
+    n_local = sum(int((shifted_targets(mb["labels"]) != -100).sum()) for mb in micro)
+    n_global = int(distributed.all_sum(torch.tensor(n_local, dtype=torch.long), info))
+
+    def loss_fn(mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        nll, _ = run.runner(mb)
+        return nll * (W / max(1, n_global)), nll
+
+    def stop(what: str, value: float) -> None:
+        _stop(run.log, step, f"{what} is {value}", run.last_ckpt)
+
+    return optimizer_step(
+        step,
+        run.model,
+        run.optimizer,
+        micro,
+        loss_fn,
+        run.callbacks,
+        scheduler=run.scheduler,
+        max_grad_norm=cfg.max_grad_norm,
+        params=run.params,
+        regime=run.regime,
+        no_sync=run.runner.no_sync if info.enabled else None,  # type: ignore[arg-type]
+        reduce=lambda s: distributed.all_sum(s, info) / max(1, n_global),
+        on_nonfinite=stop,
+    )
+
+
+# -- phase 4: logging, evaluation and checkpoints ----------------------------------------------------------------
+def _after_step(run: _Run, done: int, result: StepResult, tps: float) -> None:
+    cfg = run.cfg
+    if done % cfg.logging_steps == 0 or done == run.total:
+        _log_step(run, done, result, tps)
+    if run.val_rows and cfg.eval_steps and (done % cfg.eval_steps == 0 or done == run.total):
+        eval_loss, ppl = _evaluate(run)
+        run.eval_curve.append((done, eval_loss))
+        run.log.write({"current_steps": done, "total_steps": run.total, "eval_loss": eval_loss, "eval_ppl": ppl})
+        run.console.print(f"step {done}: eval_loss {eval_loss:.4f}  ppl {ppl:.2f}")
+    if cfg.save_steps and done % cfg.save_steps == 0 and done < run.total:
+        run.last_ckpt = _save(cfg, run.info, run.out, done, run.model, run.optimizer, run.scheduler, run.callbacks,
+                              run.tokens_seen, run.loss_curve, run.eval_curve, run.steps_per_epoch)  # fmt: skip
+
+
+def _log_step(run: _Run, done: int, result: StepResult, tps: float) -> None:
+    """One metrics line (LLaMA-Factory's keys) averaging the losses since the previous line."""
+    elapsed = time.perf_counter() - run.t_start
+    row = {
+        "current_steps": done,
+        "total_steps": run.total,
+        "loss": sum(run.window) / len(run.window),
+        "grad_norm": result.grad_norm,
+        "lr": result.lr,
+        "epoch": round(done / run.steps_per_epoch, 4),
+        "percentage": round(100 * done / run.total, 2),
+        "elapsed_time": round(elapsed, 2),
+        "remaining_time": round(elapsed / (done - run.start) * (run.total - done), 2),
+        "tokens_per_second": round(tps, 1),
+        "throughput": round(tps, 1),
+        "total_tokens": run.tokens_seen,
+    }
+    if result.extra:
+        row["aux_loss"] = result.extra
+    for cb in run.callbacks:
+        row.update(cb.logs())
+    run.log.write(row)
+    run.window = []
+
+
+def _evaluate(run: _Run) -> tuple[float, float]:
+    """(mean token NLL, perplexity) over the validation rows, split across ranks."""
+    from lorafam.data.dataset import collate
+    from lorafam.train.loss import causal_lm_loss
+
+    cfg, info, model = run.cfg, run.info, run.model
+    model.eval()
+    nll = torch.zeros((), dtype=torch.float64)
+    count = torch.zeros((), dtype=torch.float64)
+    mine = run.val_rows[info.rank :: info.world]
+    with torch.no_grad(), run.regime():
+        for i in range(0, len(mine), cfg.per_device_eval_batch_size):
+            batch = collate(mine[i : i + cfg.per_device_eval_batch_size], run.pad_id)
+            batch = {k: v.to(info.device) for k, v in batch.items()}
+            s, n = causal_lm_loss(model, batch, cfg.loss_chunk_size)
+            nll += float(s)
+            count += n
+    model.train()
+    nll, count = distributed.all_sum(nll, info), distributed.all_sum(count, info)
+    loss = float(nll / max(1.0, float(count)))
+    return loss, math.exp(min(loss, 50.0))
+
+
+# -- phase 5: finish -----------------------------------------------------------------------------------------------
+def _finish(run: _Run) -> TrainResult:
+    """Save the adapter, the CSV and the loss plot (rank 0), then report."""
+    from lorafam.core.checkpoint import save_adapter
+
+    out, info = run.out, run.info
     adapter_dir = None
     if info.is_main:
-        adapter_dir = str(lf.save_adapter(model, out / "adapter"))
-        log.write_csv()
-        if cfg.plot_loss:
-            plot_loss(log.rows(), out / "loss.png")
+        adapter_dir = str(save_adapter(run.model, out / "adapter"))
+        run.log.write_csv()
+        if run.cfg.plot_loss:
+            plot_loss(run.log.rows(), out / "loss.png")
     distributed.barrier(info)
-    timed = step_times[1:] if len(step_times) > 1 else step_times
+    timed = run.step_times[1:] if len(run.step_times) > 1 else run.step_times
     result = TrainResult(
         output_dir=str(out),
-        steps=total,
-        final_loss=loss_curve[-1][1] if loss_curve else float("nan"),
-        loss_curve=loss_curve,
-        eval_curve=eval_curve,
+        steps=run.total,
+        final_loss=run.loss_curve[-1][1] if run.loss_curve else float("nan"),
+        loss_curve=run.loss_curve,
+        eval_curve=run.eval_curve,
         seconds_per_step=sum(timed) / max(1, len(timed)),
-        tokens_per_second=(tokens_seen - tokens_at_start) / max(time.perf_counter() - t_start, 1e-9),
-        trainable_params=trainable,
-        total_params=total_params,
+        tokens_per_second=(run.tokens_seen - run.tokens_at_start) / max(time.perf_counter() - run.t_start, 1e-9),
+        trainable_params=run.trainable,
+        total_params=run.total_params,
         adapter_dir=adapter_dir,
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        data=asdict(stats),
+        data=asdict(run.stats),
     )
     if info.is_main:
         (out / "train_results.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
-        console.print(
-            f"done: {total} steps, final loss {result.final_loss:.4f}, {result.seconds_per_step:.2f} s/step, "
+        run.console.print(
+            f"done: {run.total} steps, final loss {result.final_loss:.4f}, {result.seconds_per_step:.2f} s/step, "
             f"{result.tokens_per_second:,.0f} tokens/s; adapter → {adapter_dir}"
         )
     return result
-
-
-def _stop(log: MetricsLog, step: int, what: str, last_ckpt: str | None) -> None:
-    kept = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written before it"
-    msg = (
-        f"training stopped at step {step}: {what}. Nothing after it was saved; {kept}. Lower learning_rate "
-        "(or check the data), then resume with resume_from_checkpoint: true"
-    )
-    log.write({"current_steps": step, "stopped": what})
-    log.write_csv()
-    raise NonFiniteLossError(msg)
-
-
-def _save(
-    cfg: TrainConfig,
-    info: distributed.DistInfo,
-    out: Path,
-    done: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    callbacks: list,
-    tokens_seen: int,
-    loss_curve: list,
-    eval_curve: list,
-    spe: int,
-) -> str | None:
-    """Gather every rank's RNG state and write ``checkpoint-<done>`` from rank 0; returns its path (rank 0)."""
-    states = [rng_state()]
-    if info.enabled:
-        gathered: list[Any] = [None] * info.world
-        torch.distributed.all_gather_object(gathered, states[0])
-        states = gathered
-    path = None
-    if info.is_main:
-        tstate = {
-            "global_step": done,
-            "epoch": done // spe,
-            "batch_in_epoch": done % spe,
-            "tokens_seen": tokens_seen,
-            "loss_curve": loss_curve,
-            "eval_curve": eval_curve,
-            "world_size": info.world,
-        }
-        cb_state = {f"{i}:{cb.name}": cb.state_dict() for i, cb in enumerate(callbacks)}
-        path = str(save_checkpoint(out, done, model, optimizer, scheduler, tstate, cb_state, states,
-                                   cfg.save_total_limit))  # fmt: skip
-    distributed.barrier(info)
-    return path
-
-
-def _progress(console: Any, disabled: bool):  # -> rich.progress.Progress
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[tps]} tok/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=disabled,
-    )

@@ -1,0 +1,39 @@
+"""Leaf helpers shared by every layer: "did you mean" errors and a deep dict merge. Imports nothing of lorafam."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+def closest(name: str, choices: Iterable[str]) -> str:
+    """A " Did you mean 'x'?" suffix for error messages ('' when nothing is close)."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def unknown(kind: str, name: str, valid: Iterable[str], where: str = "") -> ValueError:
+    """``ValueError("<where>: unknown <kind> 'name'. Did you mean …? Valid: a, b, c")`` for the caller to raise."""
+    choices = list(valid)
+    prefix = f"{where}: " if where else ""
+    return ValueError(f"{prefix}unknown {kind} {name!r}.{closest(name, choices)} Valid: {', '.join(choices)}")
+
+
+def check_keys(given: Iterable[str], valid: Iterable[str], where: str, kind: str = "key") -> None:
+    """Raise :func:`unknown` for the first key of ``given`` that is not in ``valid``."""
+    choices = list(valid)
+    for key in given:
+        if key not in choices:
+            raise unknown(kind, key, choices, where)
+
+
+def merge_dicts(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``; nested mappings are merged key by key, everything else is replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_dicts(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -18,7 +18,7 @@ from lorafam.report import claims as C
 from lorafam.report import figures as F
 from lorafam.report.blocks import named
 from lorafam.report.data import ReportData, Row
-from lorafam.report.edition import DISPLAY, TONES, WORDS, Article, _p, cite
+from lorafam.report.edition import DISPLAY, TONES, WORDS, Article, _p, cite, gap
 from lorafam.report.render import Block
 from lorafam.report.sources import SOURCES
 from lorafam.report.style import figure_lang
@@ -221,16 +221,22 @@ def _cost(art: Article, member: str, row: Row, lora: Row | None) -> str:
 
 
 def interval(art: Article, member: str, row: Row, ref: Row | None, task: str) -> dict[str, Any] | None:
-    """The gap ``row − ref`` in points with its interval, worded: the arena's 95% interval when the verdict data
-    carries one, else the report's noise floor (± twice the larger of seed spread and binomial error)."""
-    cmp = C.compare(row, ref, task)
-    if cmp is None:
+    """The gap ``row − ref`` in points with its interval, worded (the arena's 95 % paired interval when the runs
+    carry per-item records, else the noise floor; see :func:`lorafam.report.edition.gap`), and the answer-NLL
+    gap beside it when there is one."""
+    g = gap(row, ref, task)
+    if g is None:
         return None
-    diff, half = 100 * cmp[0], 100 * cmp[1]
-    lo, hi = art.num(f"{member}.lo", diff - half), art.num(f"{member}.hi", diff + half)
+    diff, lo, hi, kind = g
     art.num(f"{member}.diff", diff)
+    lo, hi = art.num(f"{member}.lo", lo), art.num(f"{member}.hi", hi)
     where = "ivl_above" if lo > 0 else "ivl_below" if hi < 0 else "ivl_inside"
-    ivl = art.t("ivl_floor", lo=lo, hi=hi) + ("，" if art.lang == "zh" else "; ") + art.t(where)
+    sep = "，" if art.lang == "zh" else "; "
+    ivl = art.t("ivl_ci" if kind == "ci" else "ivl_floor", lo=lo, hi=hi) + sep + art.t(where)
+    nll = gap(row, ref, task, "nll")
+    if nll is not None:
+        est, nlo, nhi = (art.num(f"{member}.nll_{k}", v) for k, v in zip(("diff", "lo", "hi"), nll[:3]))
+        ivl += sep + art.t("ivl_nll", diff=est, lo=nlo, hi=nhi)
     return {"diff": diff, "ivl": ivl}
 
 

@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from lorafam.report import claims as C
 from lorafam.report import figures as F
-from lorafam.report.edition import Article
+from lorafam.report.edition import Article, gap
 from lorafam.report.render import Block
 from lorafam.report.sources import DRAFT_NUMBERS
 from lorafam.report.style import figure_lang
@@ -46,27 +48,59 @@ def for_member(art: Article, member: str) -> list[Block]:
     return []
 
 
+CURVE_MEMBERS = ("lora", "loraplus", "dora")
+
+
 def curves(art: Article) -> list[Block]:
+    """Training loss per step, then exact match at each evaluation point of the run (when there are two or more)."""
     d, task = art.data, C.primary_task(art.data)
     runs = {}
-    for name in ("lora", "loraplus", "dora"):
+    for name in CURVE_MEMBERS:
         row = d.row("lorafam", name)
         if row:
             runs[name] = [r.train_info.loss_curve for r in row.ok_runs(task) if r.train_info.loss_curve]
     b = art.figure("loss-curves", "cap_curve", F.loss_curves(runs, art.fw, figure_lang(art.lang)))
     points = {}
-    for name in ("lora", "loraplus", "dora"):
+    for name in CURVE_MEMBERS:
         row = d.row("lorafam", name)
-        curves = [r.train_info.eval_curve for r in row.ok_runs(task)] if row else []
-        if curves and all(len(c) >= 2 for c in curves):
-            points[name] = eval_points(curves, max(r.train_info.test_items for r in row.ok_runs(task)))
+        pts = eval_points(row.ok_runs(task)) if row else []
+        if len(pts) >= 2:
+            points[name] = pts
     return b + art.figure("eval-curves", "cap_eval", F.eval_curves(points, art.fw, figure_lang(art.lang)))
 
 
-def eval_points(curves: list[list[list[float]]], n: int) -> list[tuple[float, float, float, float]]:
-    """(step, mean %, low %, high %) per evaluation step: mean over seeds ± the noise floor at that point."""
+def eval_points(runs: list[Any]) -> list[tuple[float, float, float, float]]:
+    """(step, mean %, low %, high %) per evaluation point over the runs (seeds).
+
+    With per-item records (``train_info.evals``) the band is the 95 % bootstrap interval of the mean over the
+    same items (and seeds); otherwise the eval curve's mean ± the noise floor at that point.
+    """
+    recs = [getattr(r.train_info, "evals", None) or [] for r in runs]
+    if recs and len({len(e) for e in recs}) == 1 and len(recs[0]) >= 2:
+        try:
+            from lorafam.arena import stats
+        except ImportError:  # an older arena without per-item statistics
+            stats = None
+        out = []
+        for j in range(len(recs[0]) if stats else 0):
+            ems = [e[j]["em"] for e in recs]
+            if len({len(x) for x in ems}) != 1 or not ems[0]:
+                break
+            ci = stats.mean_interval(ems)
+            out.append((recs[0][j]["step"], 100 * ci.estimate, 100 * ci.low, 100 * ci.high))
+        else:
+            if out:
+                return out
+    return _floor_points(
+        [r.train_info.eval_curve for r in runs], max((r.train_info.test_items for r in runs), default=1)
+    )
+
+
+def _floor_points(curves: list[list[list[float]]], n: int) -> list[tuple[float, float, float, float]]:
     from lorafam.report.data import noise_floor
 
+    if not curves or any(len(c) < 2 for c in curves):
+        return []
     out = []
     for j, (step, _) in enumerate(curves[0]):
         vals = [c[j][1] for c in curves if len(c) > j]
@@ -83,9 +117,9 @@ def gaps(art: Article) -> list[Block]:
     items = []
     for row in d.rows:
         if row.impl in ("lorafam", "full") and row.member != "lora" and lora and row.ok_runs(task):
-            ivl = C.compare(row, lora, task)
-            if ivl:
-                items.append((row.member, 100 * ivl[0], 100 * (ivl[0] - ivl[1]), 100 * (ivl[0] + ivl[1])))
+            g = gap(row, lora, task)
+            if g:
+                items.append((row.member, *g[:3]))
     fw = art.fw
     b += art.figure("gaps", "cap_diff", F.intervals(items, fw, figure_lang(art.lang), fw["diff_title"]))
     return b

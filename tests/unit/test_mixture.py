@@ -13,6 +13,7 @@ import lorafam as lf
 from lorafam.core.inject import adapted_layers
 from lorafam.train.callbacks import callbacks_for
 from tests.conftest import perturb_adapters
+from tests.reference import mixture_ref
 from tests.reference.mixture_ref import balance, mixture_linear
 
 EXPERTS = ["lora", "dora", "quantum"]
@@ -127,10 +128,24 @@ def test_manifest_save_load_identical_with_router_stats(tmp_path):
     perturb_adapters(model)
     model.train()
     x = torch.randint(3, 256, (2, 10))
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        layer.register_forward_pre_hook(lambda mod, args, p=path: inputs.__setitem__(p, args[0].detach()))
+        for path, layer in adapted_layers(model)
+    ]
     model(x, labels=x).loss.backward()  # one training forward: router statistics accumulate
+    for h in hooks:
+        h.remove()
     model.eval()
     stats = lf.router_stats(model)
-    assert stats and all(abs(sum(v) - 1.0) < 1e-5 or sum(v) < 1 for v in stats.values())
+    # each layer's statistic is the mean top-2 gate over the 20 tokens, from the naive reference router
+    assert sorted(stats) == sorted(inputs)
+    for path, layer in adapted_layers(model):
+        mix = layer.adapters["default"]
+        u = inputs[path].reshape(-1, inputs[path].shape[-1]).float()
+        _, ref_gates = mixture_ref.gates(u, mix.router_weight.float(), mix.router_bias.float(), top_k=2)
+        torch.testing.assert_close(torch.tensor(stats[path]), ref_gates.mean(0), atol=1e-6, rtol=1e-5)
+        assert sum(stats[path]) < 1 - 1e-3  # top-2 of 3 without renormalising: the third share is missing
     with torch.no_grad():
         expected = model(x).logits
     lf.save_adapter(model, tmp_path / "mix")

@@ -85,6 +85,14 @@ class AdapterConfig:
         """The factor s applied to the low-rank update."""
         return float(self.alpha) / self.rank
 
+    def packing_problem(self) -> str | None:
+        """Why this adapter cannot train on packed rows (several samples per row), or None when it can.
+
+        Members whose rule looks at a whole sequence (aLoRA's invocation, a per-sequence router) would see one
+        packed row as one sample; the trainer refuses ``packing: true`` for them with this reason.
+        """
+        return None
+
     # -- serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that includes the method name."""

@@ -161,6 +161,22 @@ def to_rows(examples: list[Encoded]) -> list[Row]:
     return [Row(e.input_ids, e.labels, list(range(len(e.input_ids)))) for e in examples]
 
 
+def check_packing(configs: dict[str, Any]) -> None:
+    """Refuse ``packing: true`` for adapters that would silently mis-train on packed rows (issue: aLoRA and
+    sequence-routed mixtures see one packed row as one sample).
+
+    Raises:
+        ValueError: names the adapter, its member and the reason.
+    """
+    for name, config in configs.items():
+        why = config.packing_problem()
+        if why:
+            raise ValueError(
+                f"packing: true cannot be used with adapter {name!r} ({type(config).method}): {why}. "
+                "Set packing: false."
+            )
+
+
 def pack(examples: list[Encoded], cutoff_len: int) -> list[Row]:
     """Greedy first-fit packing into rows of at most ``cutoff_len`` tokens (example order kept within a row).
 

@@ -155,6 +155,12 @@ class ALoraConfig(LoraConfig):
         return cls(invocation_string=invocation_string, **kwargs).resolve(tokenizer)
 
     # -- PEFT config <-> ours: a plain LORA config plus alora_invocation_tokens -------------------------------
+    def packing_problem(self) -> str | None:
+        return (
+            "aLoRA activates from the last invocation in each row, so in a packed row only the last sample "
+            "would be adapted (and earlier samples' invocations would switch it on for later ones)"
+        )
+
     def to_peft(self) -> dict[str, Any]:
         out = super().to_peft()
         out["alora_invocation_tokens"] = list(self.invocation_tokens)

@@ -23,6 +23,7 @@ extends the cache (decoding). A model-level forward hook tells the layers which 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -142,6 +143,14 @@ class MixtureConfig(AdapterConfig):
             raise ValueError(f"{where}: rank_pattern / alpha_pattern are not supported inside a mixture")
         return cfg
 
+    def packing_problem(self) -> str | None:
+        if self.router != "sequence":
+            return None
+        return (
+            "router='sequence' pools each row into one gate vector, so the samples packed into a row would share "
+            "one routing decision (use router='token', or packing: false)"
+        )
+
     def to_peft(self) -> dict[str, Any]:
         return {
             "peft_type": self.peft_type,
@@ -152,6 +161,16 @@ class MixtureConfig(AdapterConfig):
     @classmethod
     def accepts_peft(cls, d: dict[str, Any]) -> bool:
         return d.get("peft_type") == cls.peft_type
+
+
+def _weakrefable(obj: Any) -> bool:
+    if obj is None:
+        return False
+    try:
+        weakref.ref(obj)
+    except TypeError:
+        return False
+    return True
 
 
 class MixtureAdapter(Adapter):
@@ -179,7 +198,9 @@ class MixtureAdapter(Adapter):
         self.register_buffer("gate_sum", torch.zeros(n, dtype=torch.float64))
         self.register_buffer("gate_count", torch.zeros(1, dtype=torch.float64))
         self._routing: RoutingState | None = None
-        self._seq: tuple[Tensor, Tensor] | None = None  # (probs, gates) (B, E) fixed for the current sequence
+        # KV cache object → (probs, gates) (B, E) fixed for the sequence it holds, and the tokens routed so far;
+        # weak keys: a finished generation's cache takes its entry with it. Sequences interleave safely.
+        self._seqs: weakref.WeakKeyDictionary[Any, tuple[Tensor, Tensor, int]] = weakref.WeakKeyDictionary()
         self._aux: Tensor | None = None
         # detached gates of the last call (token router: (..., E); sequence router: (B, E))
         self.last_gates: Tensor | None = None
@@ -234,13 +255,23 @@ class MixtureAdapter(Adapter):
             probs = F.softmax(F.linear(x.float(), w, b), dim=-1)
             return probs, self._select(probs)
         st = self._routing
-        if st is not None and st.phase == "cached" and self._seq is not None:
-            if self._seq[0].shape[0] != x.shape[0]:
+        if st is not None and st.phase == "cached":
+            # the gates of the sequence this cache holds, computed when it started; only when this call continues
+            # it exactly where the last one ended (anything else would route on another sequence's gates)
+            entry = self._seqs.get(st.cache) if _weakrefable(st.cache) else None
+            if entry is None or entry[2] != st.start:
                 raise RuntimeError(
-                    f"sequence router: the cached gates are for batch size {self._seq[0].shape[0]} but this decode "
+                    "sequence router: this call extends a KV cache that this mixture did not route from its "
+                    "start, so its sequence gates are unknown; run the whole sequence from an empty cache"
+                )
+            probs, gates, _ = entry
+            if probs.shape[0] != x.shape[0]:
+                raise RuntimeError(
+                    f"sequence router: the cached gates are for batch size {probs.shape[0]} but this decode "
                     f"step has {x.shape[0]} rows; start a new sequence (empty KV cache) to re-route"
                 )
-            return self._seq
+            self._seqs[st.cache] = (probs, gates, st.start + st.length)
+            return probs, gates
         if x.dim() != 3:
             raise ValueError(f"router='sequence' needs inputs shaped (batch, seq, features), got {tuple(x.shape)}")
         mask = st.mask if st is not None else None
@@ -251,9 +282,17 @@ class MixtureAdapter(Adapter):
             pooled = x.float().mean(1)  # (B, in)
         probs = F.softmax(F.linear(pooled, w, b), dim=-1)
         gates = self._select(probs)
-        if st is not None and st.phase is not None:
-            self._seq = (probs.detach(), gates.detach())
+        if st is not None and st.phase == "fresh":
+            if st.cache is None:
+                st.pending.append((self, probs.detach(), gates.detach(), st.length))
+            else:
+                self.remember_sequence(st.cache, probs.detach(), gates.detach(), st.start + st.length)
         return probs, gates
+
+    def remember_sequence(self, cache: Any, probs: Tensor, gates: Tensor, end: int) -> None:
+        """Keep a sequence's gates for the calls that continue ``cache`` (from token ``end`` on)."""
+        if _weakrefable(cache):
+            self._seqs[cache] = (probs, gates, end)
 
     def delta_output(self, x: Tensor, base_out: Tensor, base: nn.Module) -> Tensor:
         probs, gates = self._route(x)
@@ -314,7 +353,8 @@ class MixtureAdapter(Adapter):
         if not hooks and "lorafam_mixture_hooks" in model.__dict__:
             object.__delattr__(model, "lorafam_mixture_hooks")
         for _, ad in mixtures(model, name):
-            ad._routing, ad._seq = None, None
+            ad._routing = None
+            ad._seqs.clear()
 
     @classmethod
     def make_callbacks(cls, model: nn.Module, config: AdapterConfig, name: str, total_steps: int) -> list[Any]:

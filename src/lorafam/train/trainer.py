@@ -149,8 +149,8 @@ def _setup(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) 
     """Output folder, model with its adapter, data rows, optimizer, schedule, callbacks, (DDP) loss runner."""
     from rich.console import Console
 
-    from lorafam.core.inject import count_params, trainable_summary
-    from lorafam.data.dataset import pack, split, to_rows
+    from lorafam.core.inject import configs, count_params, trainable_summary
+    from lorafam.data.dataset import check_packing, pack, split, to_rows
     from lorafam.optim import make_optimizer
     from lorafam.train.build import build_model, config_examples, loraplus_ratio
     from lorafam.train.callbacks import callbacks_for
@@ -164,6 +164,11 @@ def _setup(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) 
     console.print(trainable_summary(model, printer=None))
     examples, stats = config_examples(cfg, tok)
     train_ex, val_ex = split(examples, cfg.val_size, cfg.seed)
+    if cfg.packing:
+        try:
+            check_packing(configs(model))
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from exc
     rows = pack(train_ex, cfg.cutoff_len) if cfg.packing else to_rows(train_ex)
     stats.train, stats.val = len(train_ex), len(val_ex)
     stats.packed_rows = len(rows) if cfg.packing else None

@@ -8,7 +8,7 @@ import torch
 
 import lorafam as lf
 from lorafam.arena import probes
-from lorafam.arena.formatting import ByteFormatter, batches, collate
+from lorafam.arena.prompts import ByteFormatter, batches, collate
 from lorafam.arena.tasks import Example
 from lorafam.report.claims import spikes, steps_to_reach
 from lorafam.report.data import noise_floor

@@ -24,11 +24,12 @@ from lorafam.arena.spec import Experiment
 class Timing:
     """Per-run costs measured for one (impl, member, task)."""
 
-    fixed_s: float  # load + build + the forgetting probe
+    fixed_s: float  # process start, load, build
     probes_s: float  # the seed-independent probes (skipped on seeds outside a budget's probe_seeds)
     step_s: float  # seconds per step at ``batch``
     batch: int
-    eval_item_s: float
+    eval_item_s: float  # one teacher-forced (or generated) test item
+    forget_s: float = 0.0  # one forgetting probe (run at every evaluation point)
 
     @classmethod
     def from_result(cls, r: RunResult) -> Timing | None:
@@ -37,15 +38,16 @@ class Timing:
         if r.run_info.status != "ok" or not ph:
             return None
         evals = max(int(ph.get("evals", 1)), 1)
-        items = max(t.test_items, 1)
-        timed = sum(float(v) for k, v in ph.items() if k != "evals")
+        items = float(ph.get("eval_items") or evals * max(t.test_items, 1))
+        timed = sum(float(v) for k, v in ph.items() if k not in ("evals", "eval_items"))
         untimed = max(float(r.run_info.duration_s) - timed, 0.0)  # process start, imports, writing the result
         return cls(
-            fixed_s=untimed + sum(float(ph.get(k, 0)) for k in ("load", "build", "forgetting")),
+            fixed_s=untimed + sum(float(ph.get(k, 0)) for k in ("load", "build")),
             probes_s=float(ph.get("probes", 0)),
             step_s=float(t.seconds_per_step or 0.0),
             batch=int(t.settings.get("batch_size", 1) or 1),
-            eval_item_s=float(ph.get("eval", 0)) / (evals * items),
+            eval_item_s=float(ph.get("eval", 0)) / max(items, 1.0),
+            forget_s=float(ph.get("forgetting", 0)) / evals,
         )
 
 
@@ -95,11 +97,23 @@ def estimate_run(exp: Experiment, timings: dict[tuple[str, str, str], Timing]) -
             return None
         step_s, batch = step
         train = steps * step_s * int(s.get("batch_size", batch)) / batch
-    every = int(s.get("eval_every") or 0)
-    evals = (len(range(every, steps, every)) if every and steps else 0) + 1
+    n_items = int(s.get("eval_items", 0))
+    curve = eval_points(s, steps)
+    items = n_items + len(curve) * min(int(s.get("curve_items") or n_items), n_items)
     item_s = (own or task_ref).eval_item_s
     probes = fixed_ref.probes_s if s.get("probes", True) is True else 0.0
-    return fixed_ref.fixed_s + probes + train + evals * int(s.get("eval_items", 0)) * item_s
+    forget = (len(curve) + 1) * fixed_ref.forget_s if s.get("probes", True) else 0.0
+    return fixed_ref.fixed_s + probes + train + items * item_s + forget
+
+
+def eval_points(settings: dict[str, Any], steps: int) -> list[int]:
+    """The steps (before the last) at which a run scores its curve items: ``eval_at`` and multiples of
+    ``eval_every``."""
+    if not steps:
+        return []
+    every = int(settings.get("eval_every") or 0)
+    at = {int(x) for x in settings.get("eval_at") or []} | (set(range(every, steps, every)) if every else set())
+    return sorted(x for x in at if 0 < x < steps)
 
 
 def estimate_plan(

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorafam.arena.formatting import ByteFormatter, ChatFormatter, left_pad
+from lorafam.arena.prompts import ByteFormatter, ChatFormatter, left_pad
 
 
 @dataclass
@@ -89,7 +89,9 @@ def build(
     if impl == "lorafam":
         return _build_lorafam(member_name, model, settings, formatter, steps)
     if impl == "peft":
-        return _build_peft(member_name, model, settings, formatter, steps)
+        from lorafam.arena.peers import build_peft
+
+        return build_peft(member_name, model, settings, formatter, steps)
     if impl == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -133,58 +135,6 @@ def _build_lorafam(
 _OPT_KEYS = {"loraplus_ratio", "loraplus_lr_embedding", "weight_decay", "optimizer"}
 
 
-class PeerUnavailable(RuntimeError):
-    """PEFT cannot run this member here (the run is recorded as skipped, with the reason)."""
-
-
-def _build_peft(member_name: str, model: nn.Module, settings: dict[str, Any], formatter: Any, steps: int) -> Built:
-    import peft
-
-    from lorafam.core.inject import adaptable_layers, match_targets
-    from lorafam.family import MEMBERS
-
-    cfg = member_config(member_name, settings, formatter, steps)
-    if getattr(cfg, "quantize", None):
-        raise PeerUnavailable(
-            f"PEFT's 4-bit base needs bitsandbytes' CUDA/CPU kernels (quantize={cfg.quantize!r}); not run here"
-        )
-    if not hasattr(cfg, "to_peft"):
-        raise PeerUnavailable(f"{type(cfg).__name__} has no PEFT translation (to_peft)")
-    d = dict(cfg.to_peft())
-    peft_type = d.pop("peft_type")
-    config_cls = peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    kw = {k: v for k, v in d.items() if k in known}
-    kw["target_modules"] = match_targets(list(adaptable_layers(model)), cfg.targets, cfg.exclude)
-    kw["task_type"] = "CAUSAL_LM"
-    pm = peft.get_peft_model(model, config_cls(**kw))
-    ratio = MEMBERS[member_name].train_options.get("loraplus_ratio")
-    if ratio:
-        from peft.optimizers import create_loraplus_optimizer
-
-        opt = create_loraplus_optimizer(pm, torch.optim.AdamW, lr=settings["lr"], loraplus_lr_ratio=ratio)
-    else:
-        opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=settings["lr"])
-    after = None
-    if peft_type == "ADALORA":
-        after = lambda step: pm.base_model.update_and_allocate(step)  # noqa: E731
-    mergeable = not kw.get("alora_invocation_tokens")
-    bases = [m.base_layer for m in pm.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
-    return Built(
-        pm,
-        opt,
-        adapter_config={"peft_type": peft_type, **{k: v for k, v in kw.items() if k != "target_modules"}},
-        disabled=pm.disable_adapter,
-        merge=pm.merge_adapter,
-        unmerge=pm.unmerge_adapter,
-        save=lambda path: pm.save_pretrained(path),
-        after_backward=after,
-        mergeable=mergeable,
-        not_mergeable_reason="" if mergeable else "aLoRA's token mask cannot be folded into W",
-        adapted_bases=bases,
-    )
-
-
 # ---------------------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def regime(settings: dict[str, Any], device: torch.device) -> Iterator[None]:
@@ -213,6 +163,7 @@ def train(
     for cb in built.callbacks:
         cb.on_train_begin(model, len(batches))
     curve: list[list[float]] = []
+    example_losses: list[list[float]] = []
     tokens = 0
     start = time.perf_counter()
     for step, batch in enumerate(batches, 1):
@@ -221,7 +172,7 @@ def train(
             g["lr"] = lr * scale
         batch = {k: v.to(device) for k, v in batch.items()}
         with regime(settings, device):
-            loss = answer_loss(model, batch)
+            loss, per_example = answer_losses(model, batch)
             for cb in built.callbacks:
                 extra = cb.extra_loss(model)
                 if extra is not None:
@@ -239,6 +190,7 @@ def train(
         opt.zero_grad(set_to_none=True)
         tokens += int(batch["attention_mask"].sum())
         curve.append([step, float(loss.detach())])
+        example_losses.append(per_example)
         if on_step is not None:
             on_step(step, curve[-1][1])
     seconds = time.perf_counter() - start
@@ -246,6 +198,7 @@ def train(
     n = max(len(batches), 1)
     return {
         "loss_curve": curve,
+        "example_losses": example_losses,
         "train_seconds": seconds,
         "seconds_per_step": seconds / n,
         "tokens_per_second": tokens / seconds if seconds > 0 else None,
@@ -260,6 +213,15 @@ def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
     boolean mask). It goes through the model's own forward, so PEFT's wrappers and hooks (aLoRA offsets) apply
     unchanged; models without ``logits_to_keep`` fall back to the full loss.
     """
+    return answer_losses(model, batch)[0]
+
+
+def answer_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[float]]:
+    """(token-mean loss of the batch, as :func:`answer_loss`; each example's own mean answer loss, detached).
+
+    The per-example losses are what the arena records per step: runs with the same data order saw the same
+    examples at the same step, so their loss curves can be compared pairwise (and bootstrapped over examples).
+    """
     from lorafam.train.loss import shifted_targets
 
     targets = shifted_targets(batch["labels"])
@@ -267,9 +229,17 @@ def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     try:
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+        flat = logits.float().reshape(-1, logits.shape[-1])
     except TypeError:  # a model class without logits_to_keep
-        return model(**batch).loss
-    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets[keep])
+        flat = model(**inputs).logits.float()[keep]
+    token = torch.nn.functional.cross_entropy(flat, targets[keep], reduction="none")
+    rows = keep.nonzero()[:, 0]
+    b = keep.shape[0]
+    with torch.no_grad():
+        sums = torch.zeros(b, device=token.device).index_add_(0, rows, token.detach())
+        counts = keep.sum(1).clamp_min(1).to(sums.dtype)
+        per_example = [round(float(v), 5) for v in sums / counts]
+    return token.mean(), per_example
 
 
 @torch.inference_mode()

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorafam.arena.formatting import GENERAL_PROMPTS, left_pad
 from lorafam.arena.harness import Built, regime
+from lorafam.arena.prompts import GENERAL_PROMPTS, left_pad
 from lorafam.arena.tasks import Example
 
 
@@ -50,6 +50,15 @@ def next_token_logprobs(
             with regime(settings, device):
                 logits = model(input_ids=x).logits[0]
         out.append(F.log_softmax(logits.float(), dim=-1).to(torch.bfloat16).cpu())
+    return out
+
+
+def forgetting_per_text(reference: list[torch.Tensor], tuned: list[torch.Tensor]) -> list[float]:
+    """Mean KL(base ‖ tuned) per token of each general text (the unit the report bootstraps over)."""
+    out = []
+    for ref, cur in zip(reference, tuned):
+        p_log, q_log = ref.float(), cur.float()
+        out.append(float((p_log.exp() * (p_log - q_log)).sum(dim=-1).clamp_min(0).mean()))
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from lorafam.core.checkpoint import atomic_write_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-item evaluation records (``evals``), per-example training losses
 
 
 @dataclass
@@ -36,6 +36,7 @@ class RunInfo:
     error: str = ""
     started_at: str = ""
     duration_s: float = 0.0
+    cpu_s: float = 0.0  # user + system CPU seconds of the run's process (what an idle machine would need)
     peak_rss_mb: float = 0.0
     threads: int = 0
     device: str = "cpu"
@@ -57,7 +58,21 @@ class TrainInfo:
     final_loss: float | None = None
     loss_curve: list[list[float]] = field(default_factory=list)  # [[step, loss], ...]
     eval_curve: list[list[float]] = field(default_factory=list)  # [[step, exact match], ...]
-    accuracy: float | None = None  # exact match on the test split after training
+    accuracy: float | None = None  # exact match on the test split after training (the final ``evals`` point)
+    answer_nll: float | None = None  # mean over test items of the per-token answer NLL after training (nats)
+    eval_metric: str = ""  # "teacher-forced" (one forward per item) | "generated" (greedy decoding + checker)
+    item_keys: list[str] = field(default_factory=list)  # the test items' identities, in record order (pairing)
+    # Per-item records, one entry per evaluation point (learning curve), the last one after training:
+    #   {"step": int, "items": n, "em": [0|1 per item], "nll": [summed answer NLL per item, nats],
+    #    "tokens": [answer tokens per item], "forgetting_kl": float|None, "forgetting_top1": float|None,
+    #    "gates": [[mean gate per expert] per item] (mixtures only), "seconds": float}
+    # Curve points may score only the first ``items`` test items (a fixed prefix); the last point scores them all.
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    # Per step, each example's mean answer loss (same data order across runs of a seed: paired curves)
+    example_losses: list[list[float]] = field(default_factory=list)
+    # Tasks whose checker normalises (json, number): greedy generation on the first items at the end, beside the
+    # teacher-forced score of the same items: {"items": k, "correct": [0|1], "tf_em": [0|1], "preds": [...]}
+    generated: dict[str, Any] = field(default_factory=dict)
     correct: int = 0
     test_items: int = 0
     samples: list[dict[str, Any]] = field(default_factory=list)  # a few (prompt, gold, prediction) rows

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -102,6 +103,7 @@ def run_arena(
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv,
         "runs": [e.run_id for e in experiments],
+        "load_start": [round(x, 2) for x in os.getloadavg()],  # a shared machine slows every figure: say so
     }
     atomic_write_json(folder / "arena.json", manifest)
     atomic_write_json(root / "latest.json", {"budget": budget, "folder": budget})
@@ -139,6 +141,9 @@ def run_arena(
     outcome.seconds = time.perf_counter() - start
     manifest["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest["seconds"] = round(outcome.seconds, 1)
+    manifest["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    manifest["cpu_s"] = round(children.ru_utime + children.ru_stime, 1)  # every run process, this arena
     atomic_write_json(folder / "arena.json", manifest)
     return outcome
 
@@ -265,5 +270,6 @@ def run_one(
         )
     result.run_info.peak_rss_mb = round(peak_mb, 1)
     result.run_info.duration_s = elapsed  # the whole process, start-up and imports included
+    result.run_info.cpu_s = round(usage.ru_utime + usage.ru_stime, 2)
     write_result(path, result)
     return result.run_info.status

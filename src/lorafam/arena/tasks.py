@@ -266,9 +266,85 @@ def _kv(rng: random.Random, lines: int = 30) -> Example:
     return Example(prompt, values[asked], f"{keys[asked]}={values[asked]}@{asked}|{zlib.crc32(body.encode()):08x}")
 
 
+_MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+_DAYS = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+_DATE_STYLES = ["{d} {m} {y}", "{m} {d}, {y}", "the {d}th of {m} {y}", "{m} {d} {y}"]
+
+
+def _dates(rng: random.Random) -> Example:
+    y, mi = rng.randint(1950, 2049), rng.randrange(12)
+    d = rng.randint(1, _DAYS[mi])
+    text = rng.choice(_DATE_STYLES).format(d=d, m=_MONTHS[mi], y=y)
+    prompt = f"Write the date {text} as YYYY-MM-DD. Reply with only the date."
+    gold = f"{y:04d}-{mi + 1:02d}-{d:02d}"
+    return Example(prompt, gold, gold)
+
+
+_WORDS = [
+    "falcon", "copper", "meadow", "lantern", "harbor", "velvet", "pepper", "glacier", "canyon", "orchid",
+    "marble", "thunder", "willow", "saddle", "comet", "pebble", "violin", "tunnel", "anchor", "blossom",
+    "cactus", "dolphin", "ember", "forest", "garnet", "hammer", "island", "jacket", "kettle", "lemon",
+    "mirror", "nectar", "oyster", "parrot", "quartz", "ribbon", "silver", "tiger", "umbrella", "walnut",
+]  # fmt: skip
+_FILLER = [
+    "The {w} was left on the kitchen table.",
+    "Someone painted a {w} on the garden wall.",
+    "A child asked about the {w} twice.",
+    "The shop sold a small {w} last week.",
+    "Nobody remembered where the {w} came from.",
+    "The old map showed a {w} near the river.",
+    "A neighbour borrowed the {w} in spring.",
+    "The museum keeps a {w} in the second room.",
+]
+
+
+def _recall(rng: random.Random, lines: int = 8) -> Example:
+    """Long-range recall: a code word on the first line, ``lines`` filler sentences that name other words, then the
+    question. The code word sits at the start, the question at the end: with S²-Attn's groups of ¼ of the
+    sequence, the answer tokens cannot see the code word during LongLoRA's training."""
+    words = rng.sample(_WORDS, lines + 1)
+    code, others = words[0], words[1:]
+    body = " ".join(rng.choice(_FILLER).format(w=w) for w in others)
+    prompt = (
+        f"The code word is {code}.\n{body}\nWhat is the code word given on the first line? "
+        "Reply with only the word."
+    )
+    return Example(prompt, code, f"{code}|{'-'.join(others)}")
+
+
 def builtin_tasks() -> dict[str, Task]:
     """The built-in tasks by name."""
     return {
+        "dates": Task(
+            "dates",
+            "format conversion",
+            "exact",
+            14,
+            _dates,
+            description="a date in words → YYYY-MM-DD (strict string: teacher-forced exact match)",
+        ),
+        "recall": Task(
+            "recall",
+            "long-range recall",
+            "exact",
+            6,
+            _recall,
+            description="a code word on the first line, eight filler sentences naming other words, then the "
+            "question: the answer is > 1 S²-Attn group away from the question",
+        ),
         "add3": Task(
             "add3", "arithmetic", "number", 6, _add3, description="sum of two 3-digit numbers, answer only"
         ),

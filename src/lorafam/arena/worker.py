@@ -29,14 +29,25 @@ def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
     import torch
 
     from lorafam.arena import harness, probes
-    from lorafam.arena.formatting import batches, collate
+    from lorafam.arena.eta import eval_points
+    from lorafam.arena.evaluate import score_items
+    from lorafam.arena.prompts import batches, collate
     from lorafam.arena.tasks import make_task
     from lorafam.core.inject import count_params
     from lorafam.core.precision import cast_frozen
 
     s = exp.settings
     device = torch.device(device_name)
-    phases = {"load": 0.0, "build": 0.0, "train": 0.0, "eval": 0.0, "forgetting": 0.0, "probes": 0.0}
+    phases: dict[str, float] = {
+        "load": 0.0,
+        "build": 0.0,
+        "train": 0.0,
+        "eval": 0.0,
+        "forgetting": 0.0,
+        "probes": 0.0,
+        "evals": 0,
+        "eval_items": 0,
+    }
     clock = [time.perf_counter()]
 
     def lap(phase: str) -> None:
@@ -54,6 +65,9 @@ def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
     lap("load")
     progress(0.04)
     info = TrainInfo(settings=dict(s), steps=steps, test_items=len(test_items), extra={"member": exp.member})
+    info.item_keys = [ex.key for ex in test_items]
+    info.eval_metric = "teacher-forced"
+    test_enc = [fmt.encode(ex) for ex in test_items]
     gen_ids = probes.general_inputs(fmt, int(s.get("forget_prompts", 8))) if s.get("probes", True) else []
     reference = probes.next_token_logprobs(model, gen_ids, fmt.pad_id, device) if gen_ids else []
     built = harness.build(exp.impl, exp.member, model, s, fmt, steps)
@@ -65,49 +79,75 @@ def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
     if reference and steps:  # the probe's value before any training: the base as this member stores it (NF4...)
         start = probes.next_token_logprobs(model, gen_ids, fmt.pad_id, device, s)
         info.extra["forgetting_kl_start"] = probes.forgetting(reference, start)[0]
+        info.extra["forgetting_kl_texts_start"] = [
+            round(v, 5) for v in probes.forgetting_per_text(reference, start)
+        ]
     lap("build")
     progress(0.08)
+    curve_items = min(int(s.get("curve_items") or len(test_enc)), len(test_enc))
+    eval_batch = int(s.get("eval_batch", 32))
 
-    def evaluate(items: list) -> tuple[float, int, list[str]]:
-        lap("train")  # everything since the last lap was training (or its data preparation)
-        preds = harness.generate(
-            model, fmt, [ex.prompt for ex in items], task.max_new_tokens, s, device, int(s.get("eval_batch", 20))
-        )
-        correct = sum(task.check(p, ex.answer) for p, ex in zip(preds, items))
+    def evaluate(step: int, final: bool) -> None:
+        """Score the test items teacher-forced (a fixed prefix of them at curve points), then the forgetting
+        probe, and append the per-item record to ``info.evals``."""
+        was_training = model.training
+        model.eval()
+        items = test_enc if final else test_enc[:curve_items]
+        t0 = time.perf_counter()
+        sc = score_items(model, items, fmt.pad_id, s, device, eval_batch)
+        rec: dict[str, Any] = {
+            "step": step,
+            "items": len(items),
+            "em": sc.em,
+            "nll": [round(v, 4) for v in sc.nll],
+            "tokens": sc.tokens,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        if sc.gates is not None:
+            rec["gates"] = sc.gates
         lap("eval")
-        phases["evals"] = phases.get("evals", 0) + 1
-        return correct / max(len(items), 1), correct, preds
+        phases["evals"] += 1
+        phases["eval_items"] += len(items)
+        if reference:
+            tuned = probes.next_token_logprobs(model, gen_ids, fmt.pad_id, device, s)
+            rec["forgetting_kl"], rec["forgetting_top1"] = probes.forgetting(reference, tuned)
+            rec["forgetting_kl_texts"] = [round(v, 5) for v in probes.forgetting_per_text(reference, tuned)]
+        lap("forgetting")
+        info.evals.append(rec)
+        info.eval_curve.append([step, sc.exact_match])
+        if final:
+            info.accuracy, info.correct, info.answer_nll = sc.exact_match, sum(sc.em), sc.mean_nll
+            if reference:
+                info.forgetting_kl, info.forgetting_top1 = rec["forgetting_kl"], rec["forgetting_top1"]
+        if was_training:
+            model.train()
 
     if steps:
         encoded = [fmt.encode(ex) for ex in train_items]
         data = [collate(b, fmt.pad_id) for b in batches(encoded, int(s["batch_size"]), steps, exp.seed)]
-        every = int(s.get("eval_every") or 0)
-        curve: list[list[float]] = []
-        chunks = [(a, min(a + every, steps)) for a in range(0, steps, every)] if every else [(0, steps)]
-        timing = {"loss_curve": [], "train_seconds": 0.0, "tokens": 0.0}
-        for a, b in chunks:
+        at = set(eval_points(s, steps))
+        eval_time = [0.0]
 
-            def on_step(step: int, loss: float, a: int = a) -> None:
-                progress(0.08 + 0.62 * (a + step) / steps)
+        def on_step(step: int, loss: float) -> None:
+            progress(0.08 + 0.62 * step / steps)
+            if step in at and step < steps:
+                lap("train")
+                t0 = time.perf_counter()
+                evaluate(step, final=False)
+                eval_time[0] += time.perf_counter() - t0
 
-            part = harness.train(built, data[a:b], s, device, on_step)
-            timing["loss_curve"] += [[a + st, loss] for st, loss in part["loss_curve"]]
-            timing["train_seconds"] += part["train_seconds"]
-            timing["tokens"] += (part["tokens_per_second"] or 0.0) * part["train_seconds"]
-            if every and b < steps:
-                curve.append([b, evaluate(test_items)[0]])
+        timing = harness.train(built, data, s, device, on_step)
         info.loss_curve = timing["loss_curve"]
+        info.example_losses = timing["example_losses"]
         info.final_loss = info.loss_curve[-1][1]
-        info.train_seconds = timing["train_seconds"]
+        info.train_seconds = timing["train_seconds"] - eval_time[0]
         info.seconds_per_step = info.train_seconds / steps
-        info.tokens_per_second = timing["tokens"] / info.train_seconds if info.train_seconds else None
-        info.eval_curve = curve
-    acc, correct, preds = evaluate(test_items)
-    info.accuracy, info.correct = acc, correct
-    info.eval_curve.append([steps, acc])
-    info.samples = [
-        {"prompt": ex.prompt[-160:], "gold": ex.answer, "pred": p} for ex, p in zip(test_items[:3], preds)
-    ]
+        tokens = (timing["tokens_per_second"] or 0.0) * timing["train_seconds"]
+        info.tokens_per_second = tokens / info.train_seconds if info.train_seconds else None
+    lap("train")
+    evaluate(steps, final=True)
+    _generated(info, model, fmt, task, test_items, s, device)
+    lap("eval")
     progress(0.85)
     if s.get("probes", True):
         _probes(info, built, fmt, gen_ids, reference, test_items, s, device, lap)
@@ -115,6 +155,32 @@ def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
     info.extra["phase_seconds"] = {k: round(v, 2) for k, v in phases.items()}  # for `lorafam arena --dry-run`
     progress(1.0)
     return info
+
+
+def _generated(
+    info: TrainInfo, model: Any, fmt: Any, task: Any, items: list, s: dict[str, Any], device: Any
+) -> None:
+    """Greedy answers for a few items: samples for the report and, where the checker normalises (json, number,
+    a user function), the generated score of the first ``gen_items`` items beside their teacher-forced one."""
+    from lorafam.arena import harness
+
+    strict = task.checker == "exact"
+    k = min(len(items), int(s.get("samples", 3)) if strict else max(int(s.get("gen_items", 32)), 3))
+    if k <= 0:
+        return
+    preds = harness.generate(
+        model, fmt, [ex.prompt for ex in items[:k]], task.max_new_tokens, s, device, int(s.get("eval_batch", 32))
+    )
+    info.samples = [{"prompt": ex.prompt[-160:], "gold": ex.answer, "pred": p} for ex, p in zip(items[:3], preds)]
+    if not strict:
+        tf = info.evals[-1]["em"][:k]
+        info.generated = {
+            "items": k,
+            "checker": task.checker,
+            "correct": [int(task.check(p, ex.answer)) for p, ex in zip(preds, items)],
+            "tf_em": tf,
+            "preds": preds,
+        }
 
 
 def _probes(
@@ -142,12 +208,6 @@ def _probes(
             errors[name] = f"{type(exc).__name__}: {exc}"[:300]
             return None
 
-    if reference:
-        tuned = attempt("forgetting", lambda: probes.next_token_logprobs(model, gen_ids, fmt.pad_id, device, s))
-        if tuned is not None:
-            info.forgetting_kl, info.forgetting_top1 = probes.forgetting(reference, tuned)
-    if lap is not None:
-        lap("forgetting")
     if s.get("probes") == "forgetting":  # the seed-independent probes ran on another seed of this budget
         if errors:
             info.extra["probe_errors"] = errors
@@ -208,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         info = run_experiment(exp, device)
         run.status = "ok"
     except Exception as exc:  # noqa: BLE001 - a failed run is a result, recorded with its error
-        from lorafam.arena.harness import PeerUnavailable
+        from lorafam.arena.peers import PeerUnavailable
 
         info = TrainInfo(settings=dict(exp.settings))
         run.status = "skipped" if isinstance(exc, PeerUnavailable) else "failed"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorafam.arena import stats
 from lorafam.arena.results import RunResult, load_results
 
 IMPL_ORDER = {"base": 0, "lorafam": 1, "peft": 2, "full": 3}
@@ -41,6 +42,25 @@ class Row:
         vals = [getattr(r.run_info, attr) for r in self.ok_runs()]
         vals = [v for v in vals if v]
         return statistics.fmean(vals) if vals else None
+
+    def final_eval(self, task: str, seed: int | None = None) -> dict[str, Any] | None:
+        """The per-item record after training (the last ``evals`` entry) of the run on ``task`` (and ``seed``)."""
+        for r in sorted(self.ok_runs(task), key=lambda r: r.run_info.seed):
+            if (seed is None or r.run_info.seed == seed) and r.train_info.evals:
+                return r.train_info.evals[-1]
+        return None
+
+    def items(self, task: str, metric: str = "em") -> dict[int, tuple[list[str], list[float]]]:
+        """seed → (item keys, per-item values after training) for ``metric``: "em" (0/1), "nll" (answer NLL per
+        token, nats) or "nll_sum" (summed over the answer)."""
+        out: dict[int, tuple[list[str], list[float]]] = {}
+        for r in self.ok_runs(task):
+            t = r.train_info
+            if not t.evals:
+                continue
+            values = item_values(t.evals[-1], metric)
+            out[r.run_info.seed] = (list(t.item_keys)[: len(values)], values)
+        return out
 
     def extra(self, key: str) -> Any:
         for r in self.ok_runs():
@@ -185,6 +205,45 @@ def load_benchmarks(bench_dir: str | Path | None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+def item_values(record: dict[str, Any], metric: str) -> list[float]:
+    """Per-item values of one ``evals`` record: "em", "nll" (per answer token) or "nll_sum"."""
+    if metric == "em":
+        return [float(v) for v in record["em"]]
+    if metric == "nll":
+        return [n / max(t, 1) for n, t in zip(record["nll"], record["tokens"])]
+    if metric == "nll_sum":
+        return [float(v) for v in record["nll"]]
+    raise ValueError(f"unknown metric {metric!r}; valid: em, nll, nll_sum")
+
+
+def paired(a: Row | None, b: Row | None, task: str, metric: str = "em") -> stats.Interval | None:
+    """mean(a − b) on ``task`` with its 95 % paired bootstrap interval (items, and seeds both sides ran).
+
+    Pairing: the same item keys in the same order on both sides, on the seeds both have. The untrained base runs
+    once (nothing in it depends on the seed) and is paired with every seed of the other side. None when either side has no per-item records or the items differ.
+    """
+    if a is None or b is None:
+        return None
+    ia, ib = a.items(task, metric), b.items(task, metric)
+    if not ia or not ib:
+        return None
+    if a.impl == "base" and len(ia) == 1:
+        ia = {sd: next(iter(ia.values())) for sd in ib}
+    if b.impl == "base" and len(ib) == 1:
+        ib = {sd: next(iter(ib.values())) for sd in ia}
+    seeds = sorted(set(ia) & set(ib))
+    rows_a, rows_b = [], []
+    for sd in seeds:
+        (ka, va), (kb, vb) = ia[sd], ib[sd]
+        if ka != kb or len(va) != len(vb):
+            return None
+        rows_a.append(va)
+        rows_b.append(vb)
+    if not rows_a:
+        return None
+    return stats.paired_difference(rows_a, rows_b)
+
+
 def spread(values: list[float]) -> float | None:
     """Sample standard deviation over seeds (None with fewer than two)."""
     return statistics.stdev(values) if len(values) >= 2 else None

@@ -1,0 +1,138 @@
+"""Per-item, teacher-forced evaluation: one forward pass per test item instead of a decode loop.
+
+For every item the prompt and the gold answer (its reply tokens plus the end-of-turn token) go through the model
+once. At each answer position we read
+
+- the negative log-likelihood of the gold token (summed over the answer: the item's **answer NLL**, in nats), and
+- whether the gold token is the arg-max of the model's distribution given the gold prefix.
+
+An item is a **teacher-forced exact match** when every answer token, the end-of-turn token included, is the
+arg-max. This is the same event as "greedy decoding reproduces the gold token sequence and then stops": greedy
+decoding picks the arg-max at each step, and as long as it has picked the gold tokens so far, its context *is*
+the gold prefix — so by induction it emits exactly the gold tokens, then the end-of-turn token. Hence
+
+    teacher-forced exact match  ⇒  the greedy answer equals the gold string  (for every checker that accepts gold)
+
+and the converse fails only when greedy decoding writes the gold *string* through a different token sequence
+(a non-canonical tokenisation) or writes something a normalising checker also accepts (``check_json`` ignores
+spacing and field order, ``check_number`` commas). For strict string answers the arena uses the teacher-forced
+score; ``tests/integration/test_arena_teacher_forced.py`` checks it against real generation on SmolLM2. Tasks with
+a normalising checker additionally generate on a subset of items at the end of the run and record both, so the
+report can show whether they agree.
+
+Mixture members additionally report, per item, the mean gate of each expert (averaged over layers and over the
+item's tokens): how the router split that input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorafam.arena.prompts import Encoded, collate
+
+
+@dataclass
+class ItemScores:
+    """Per-item results of one evaluation, in the order of the test items."""
+
+    nll: list[float] = field(default_factory=list)  # summed over the answer tokens (nats)
+    tokens: list[int] = field(default_factory=list)  # answer tokens scored (end-of-turn included)
+    em: list[int] = field(default_factory=list)  # 1 when every answer token is the arg-max
+    gates: list[list[float]] | None = None  # mixture members: mean gate per expert, per item
+
+    @property
+    def exact_match(self) -> float:
+        return sum(self.em) / len(self.em) if self.em else 0.0
+
+    @property
+    def mean_nll(self) -> float:
+        """Mean over items of the per-token answer NLL (each item weighs the same)."""
+        per = [n / max(t, 1) for n, t in zip(self.nll, self.tokens)]
+        return sum(per) / len(per) if per else 0.0
+
+
+def _mixture_adapters(model: nn.Module) -> list[Any]:
+    from lorafam.methods.mixture import MixtureAdapter
+
+    return [m for m in model.modules() if isinstance(m, MixtureAdapter)]
+
+
+@torch.inference_mode()
+def score_items(
+    model: nn.Module,
+    encoded: list[Encoded],
+    pad_id: int,
+    settings: dict[str, Any],
+    device: torch.device,
+    batch_size: int = 32,
+) -> ItemScores:
+    """Teacher-forced NLL and exact match of every item (right-padded batches, items sorted by length so a batch
+    holds similar lengths; results come back in the input order).
+
+    The output head runs on the answer positions only (transformers' ``logits_to_keep`` with a boolean mask, as in
+    training); models without that argument fall back to full logits.
+    """
+    from lorafam.arena.harness import regime
+    from lorafam.train.loss import shifted_targets
+
+    n = len(encoded)
+    nll, tokens, em = [0.0] * n, [0] * n, [0] * n
+    mixtures = _mixture_adapters(model)
+    gates: list[list[float]] | None = [[] for _ in range(n)] if mixtures else None
+    order = sorted(range(n), key=lambda i: len(encoded[i].prompt) + len(encoded[i].answer))
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate([encoded[i] for i in idx], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        targets = shifted_targets(batch["labels"])
+        keep = targets != -100
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        with regime(settings, device):
+            try:
+                logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits.float()
+                flat = logits.reshape(-1, logits.shape[-1])
+            except TypeError:  # a model class without logits_to_keep
+                flat = model(**inputs, use_cache=False).logits.float()[keep]
+        gold = targets[keep]
+        token_nll = F.cross_entropy(flat, gold, reduction="none")
+        right = flat.argmax(-1) == gold
+        row = keep.nonzero()[:, 0]  # batch row of each scored position
+        rows = len(idx)
+        sums = torch.zeros(rows, device=flat.device).index_add_(0, row, token_nll)
+        counts = torch.zeros(rows, device=flat.device).index_add_(0, row, torch.ones_like(token_nll))
+        wrong = torch.zeros(rows, device=flat.device).index_add_(0, row, (~right).float())
+        if gates is not None:
+            per_item = _item_gates(mixtures, batch["attention_mask"])
+        for j, i in enumerate(idx):
+            nll[i] = float(sums[j])
+            tokens[i] = int(counts[j])
+            em[i] = int(counts[j] > 0 and wrong[j] == 0)
+            if gates is not None and per_item is not None:
+                gates[i] = per_item[j]
+    return ItemScores(nll, tokens, em, gates)
+
+
+def _item_gates(mixtures: list[Any], mask: torch.Tensor) -> list[list[float]] | None:
+    """Mean gate per expert for each row of the last forward: token gates averaged over the row's real tokens,
+    then over layers (sequence gates are one vector per row already)."""
+    per_layer = []
+    m = mask.float()
+    for ad in mixtures:
+        g = getattr(ad, "last_gates", None)
+        if g is None:
+            continue
+        g = g.float()
+        if g.dim() == 3:  # (B, T, E) token router
+            g = (g * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp_min(1)
+        elif g.dim() != 2:
+            continue
+        per_layer.append(g)
+    if not per_layer:
+        return None
+    mean = torch.stack(per_layer).mean(0)
+    return [[round(float(x), 5) for x in row] for row in mean]

@@ -59,7 +59,9 @@ def test_checkers() -> None:
 
 
 def test_unknown_task_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="unknown task 'add4'.*Did you mean 'add3'.*Valid tasks: dates, recall, add3, json, kv"):
+    with pytest.raises(
+        ValueError, match="unknown task 'add4'.*Did you mean 'add3'.*Valid tasks: dates, recall, add3, json, kv"
+    ):
         make_task("add4")
 
 

@@ -188,3 +188,60 @@ def test_article_is_deterministic(built: dict[str, Path], tmp_path: Path) -> Non
         assert again[key].read_bytes() == built[key].read_bytes(), key
     for rel in json.loads(built["data"].read_text())["article"]["figures"]["zh"]:
         assert (again["data"].parent / rel).read_bytes() == (built["data"].parent / rel).read_bytes(), rel
+
+
+def _with_items(root: Path, member: str, em: list[list[int]], seed: int = 0, impl: str = "lorafam") -> None:
+    """A run whose result file carries per-item records at several evaluation points (arena schema 2)."""
+    from lorafam.arena import results as R
+
+    n = len(em[-1])
+    steps = [8 * (j + 1) for j in range(len(em))]
+    evals = [
+        {"step": s, "items": n, "em": e, "nll": [0.5 + 0.1 * (1 - v) for v in e], "tokens": [2] * n}
+        for s, e in zip(steps, em)
+    ]
+    run = R.RunInfo(f"{impl}--{member}--add3--s{seed}", impl, member, "add3", seed, "quick", "h", status="ok")
+    run.started_at, run.peak_rss_mb = f"2026-01-01T00:00:{seed:02d}", 900.0
+    info = R.TrainInfo(
+        settings={"steps": steps[-1], "eval_items": n, "rank": 16, "forget_prompts": 8, "threads": 2},
+        trainable_params=15_030 if member == "quantum" else 4_884_480,
+        total_params=135_000_000,
+        steps=steps[-1],
+        seconds_per_step=2.0,
+        loss_curve=[[s, 3.0 / s] for s in range(1, steps[-1] + 1)],
+        eval_curve=[[s, sum(e) / n] for s, e in zip(steps, em)],
+        accuracy=sum(em[-1]) / n,
+        test_items=n,
+        forgetting_kl=0.1,
+        adapter_bytes=19_000_000,
+        evals=evals,
+        item_keys=[f"item{i}" for i in range(n)],
+    )
+    R.write_result(root / "quick" / f"{run.run_id}.json", R.RunResult(run, info, R.collect_meta()))
+
+
+def test_intervals_come_from_the_per_item_records(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from lorafam.arena import results as R
+
+    if "evals" not in {f.name for f in fields(R.TrainInfo)}:
+        pytest.skip("the arena's result files carry no per-item records yet")
+    from lorafam.arena import stats
+
+    root = tmp_path / "res"
+    lora = [[1, 0, 0, 1] * 10, [1, 1, 0, 1] * 10, [1, 1, 1, 1] * 9 + [1, 0, 1, 1]]
+    dora = [[0, 0, 0, 1] * 10, [1, 0, 0, 1] * 10, [1, 1, 0, 1] * 10]
+    _with_items(root, "lora", lora)
+    _with_items(root, "dora", dora)
+    _with_items(root, "base", [[0] * 40], impl="base")
+    R.atomic_write_json(root / "latest.json", {"budget": "quick"})
+    paths = build_report(root, tmp_path / "out", bench_dir=None, editions=("article",))
+    zh = paths["article.zh.md"].read_text()
+    ci = stats.paired_difference(dora[-1], lora[-1])
+    dora_part = zh.split("## 第四章")[1].split("## 第五章")[0]
+    expected = f"95% 置信区间 {100 * ci.low:+.1f} 到 {100 * ci.high:+.1f}"
+    assert f"差 {100 * ci.estimate:+.1f} 个百分点（{expected}" in dora_part
+    assert "答案的负对数似然差" in dora_part  # the NLL gap beside the exact-match gap
+    figures = json.loads(paths["data"].read_text())["article"]["figures"]["zh"]
+    assert any("eval-curves" in f for f in figures)  # three evaluation points per run: a curve with bands

@@ -60,11 +60,15 @@ def advise(data: ReportData, member: str) -> list[Advice]:
     ratio = (row.mean("trainable_params") or 0) / max(lora.mean("trainable_params") or 1, 1)
     if ratio < PARAMS_RATIO:
         out.append(Advice("pick_params", True, {"ratio": ratio}))
-    cmp = C.compare(row, lora, task)
-    if cmp and cmp[0] > cmp[1]:
-        out.append(Advice("pick_acc", True, {"diff": 100 * cmp[0], "floor": 100 * cmp[1], "task": task}))
-    elif cmp and cmp[0] < -cmp[1]:
-        out.append(Advice("pick_worse", False, {"diff": 100 * cmp[0], "floor": 100 * cmp[1], "task": task}))
+    g = gap(row, lora, task)
+    if g is not None:
+        diff, lo, hi, kind = g
+        args = {"diff": diff, "lo": lo, "hi": hi, "floor": (hi - lo) / 2, "task": task}
+        suffix = "_ci" if kind == "ci" else ""
+        if lo > 0:
+            out.append(Advice("pick_acc" + suffix, True, args))
+        elif hi < 0:
+            out.append(Advice("pick_worse" + suffix, False, args))
     out += _forgetting(data, row, lora, task)
     s, ls = row.mean("seconds_per_step"), lora.mean("seconds_per_step")
     if s and ls and s / ls > slow_threshold(row, lora):
@@ -95,3 +99,26 @@ def _first_step(row: Row, lora: Row, task: str) -> list[Advice]:
     key = "pick_s2_short" if cfg.get("s2attn") else "pick_first_loss"
     args = {"first": first, "lfirst": lfirst, "ratio": cfg.get("group_size_ratio"), "task": task}
     return [Advice(key, False, args)]
+
+
+def gap(row: Any, ref: Any, task: str, metric: str = "em") -> tuple[float, float, float, str] | None:
+    """``row − ref`` on ``task`` as (estimate, low, high, kind), in points for exact match, nats for NLL.
+
+    kind "ci": the arena's 95 % paired bootstrap interval over the same items (and seeds), from the per-item
+    records; kind "floor": runs without per-item records get the report's noise floor (± twice the larger of
+    the seed spread and one run's binomial standard error), exact match only.
+    """
+    from lorafam.report import data as D
+
+    paired = getattr(D, "paired", None)
+    ci = paired(row, ref, task, metric) if paired is not None and row is not None and ref is not None else None
+    scale = 100.0 if metric == "em" else 1.0
+    if ci is not None:
+        return scale * ci.estimate, scale * ci.low, scale * ci.high, "ci"
+    if metric != "em":
+        return None
+    cmp = C.compare(row, ref, task)
+    if cmp is None:
+        return None
+    diff, half = 100 * cmp[0], 100 * cmp[1]
+    return diff, diff - half, diff + half, "floor"

@@ -16,9 +16,10 @@ from lorafam.report import advice as A
 from lorafam.report import article_figures as AF
 from lorafam.report import claims as C
 from lorafam.report import figures as F
+from lorafam.report.advice import gap
 from lorafam.report.blocks import named
 from lorafam.report.data import ReportData, Row
-from lorafam.report.edition import DISPLAY, TONES, WORDS, Article, _p, cite, gap
+from lorafam.report.edition import DISPLAY, TONES, WORDS, Article, _p, cite
 from lorafam.report.render import Block
 from lorafam.report.sources import SOURCES
 from lorafam.report.style import figure_lang
@@ -192,12 +193,16 @@ def _headline(art: Article, member: str, row: Row, lora: Row | None) -> str:
         ivl = interval(art, member, row, base, task)
         if ivl:
             base_acc = art.num("base.acc", 100 * sum(base.accuracies(task)) / len(base.accuracies(task)))
-            parts.append(art.t("acc_line_lora", task=task, acc=_acc(art, member, acc), base=base_acc, **ivl))
+            extra = ivl.pop("extra")
+            parts.append(
+                art.t("acc_line_lora", task=task, acc=_acc(art, member, acc), base=base_acc, **ivl) + extra
+            )
     elif acc and lora and lora.accuracies(task):
         ivl = interval(art, member, row, lora, task)
         if ivl:
             lacc = art.num("lora.acc", 100 * sum(lora.accuracies(task)) / len(lora.accuracies(task)))
-            parts.append(art.t("acc_line", task=task, acc=_acc(art, member, acc), lacc=lacc, **ivl))
+            extra = ivl.pop("extra")
+            parts.append(art.t("acc_line", task=task, acc=_acc(art, member, acc), lacc=lacc, **ivl) + extra)
     parts.append(_cost(art, member, row, lora))
     return art.sp.join(p for p in parts if p)
 
@@ -234,10 +239,11 @@ def interval(art: Article, member: str, row: Row, ref: Row | None, task: str) ->
     sep = "，" if art.lang == "zh" else "; "
     ivl = art.t("ivl_ci" if kind == "ci" else "ivl_floor", lo=lo, hi=hi) + sep + art.t(where)
     nll = gap(row, ref, task, "nll")
+    extra = ""
     if nll is not None:
         est, nlo, nhi = (art.num(f"{member}.nll_{k}", v) for k, v in zip(("diff", "lo", "hi"), nll[:3]))
-        ivl += sep + art.t("ivl_nll", diff=est, lo=nlo, hi=nhi)
-    return {"diff": diff, "ivl": ivl}
+        extra = art.sp + art.t("ivl_nll", diff=est, lo=nlo, hi=nhi)
+    return {"diff": diff, "ivl": ivl, "extra": extra}
 
 
 def _reason(art: Article, v: C.Verdict) -> str:

@@ -8,7 +8,8 @@ from typing import Any
 
 from lorafam.report import claims as C
 from lorafam.report import figures as F
-from lorafam.report.edition import Article, gap
+from lorafam.report.advice import gap
+from lorafam.report.edition import Article
 from lorafam.report.render import Block
 from lorafam.report.sources import DRAFT_NUMBERS
 from lorafam.report.style import figure_lang

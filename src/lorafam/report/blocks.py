@@ -165,6 +165,10 @@ def pick(lang: str, data: ReportData, member: Any) -> str:
     pros = [say(lang, UI, a.key, **a.args) for a in items if a.pro]
     cons = [say(lang, UI, a.key, **a.args) for a in items if not a.pro]
     u = UI[lang]
+    worse = any(a.key.startswith("pick_worse") for a in items)
+    if not pros and worse:  # "nothing separated it from LoRA" would contradict the accuracy item
+        text = u["sep"].join(cons)
+        return text[:1].upper() + text[1:] + u["end"]
     text = u["sep"].join(pros) if pros else say(lang, UI, "pick_nothing", arxiv=member.arxiv)
     text = text[:1].upper() + text[1:]
     if pros:

@@ -89,26 +89,3 @@ class Article:
 def _p(*parts: str) -> list[Block]:
     text = "".join(p for p in parts if p)
     return [Block("p", text)] if text else []
-
-
-def gap(row: Any, ref: Any, task: str, metric: str = "em") -> tuple[float, float, float, str] | None:
-    """``row − ref`` on ``task`` as (estimate, low, high, kind), in points for exact match, nats for NLL.
-
-    kind "ci": the arena's 95 % paired bootstrap interval over the same items (and seeds), from the per-item
-    records; kind "floor": runs without per-item records get the report's noise floor (± twice the larger of
-    the seed spread and one run's binomial standard error), exact match only.
-    """
-    from lorafam.report import data as D
-
-    paired = getattr(D, "paired", None)
-    ci = paired(row, ref, task, metric) if paired is not None and row is not None and ref is not None else None
-    scale = 100.0 if metric == "em" else 1.0
-    if ci is not None:
-        return scale * ci.estimate, scale * ci.low, scale * ci.high, "ci"
-    if metric != "em":
-        return None
-    cmp = C.compare(row, ref, task)
-    if cmp is None:
-        return None
-    diff, half = 100 * cmp[0], 100 * cmp[1]
-    return diff, diff - half, diff + half, "floor"

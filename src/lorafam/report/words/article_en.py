@@ -57,7 +57,7 @@ ART: dict[str, str] = {
     "{diff:+.1f} points ({ivl}).",
     "ivl_ci": "95% confidence interval {lo:+.1f} to {hi:+.1f}",
     "ivl_floor": "noise range {lo:+.1f} to {hi:+.1f}",
-    "ivl_nll": "answer NLL gap {diff:+.3f} nats/token (95% interval {lo:+.3f} to {hi:+.3f})",
+    "ivl_nll": "Answer NLL gap: {diff:+.3f} nats/token (95% interval {lo:+.3f} to {hi:+.3f}).",
     "ivl_inside": "the range crosses 0, so no winner",
     "ivl_above": "the whole range is above 0",
     "ivl_below": "the whole range is below 0",

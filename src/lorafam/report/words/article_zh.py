@@ -58,7 +58,7 @@ ART: dict[str, str] = {
     "acc_line_lora": "在 {task} 上完全匹配率 {acc:.1f}%，未训练的基座为 {base:.1f}%，提高 {diff:+.1f} 个百分点（{ivl}）。",
     "ivl_ci": "95% 置信区间 {lo:+.1f} 到 {hi:+.1f}",
     "ivl_floor": "噪声范围 {lo:+.1f} 到 {hi:+.1f}",
-    "ivl_nll": "答案的负对数似然差 {diff:+.3f} nats/token（95% 区间 {lo:+.3f} 到 {hi:+.3f}）",
+    "ivl_nll": "答案的负对数似然差 {diff:+.3f} nats/token（95% 区间 {lo:+.3f} 到 {hi:+.3f}）。",
     "ivl_inside": "区间跨过 0，分不出高下",
     "ivl_above": "整个区间都在 0 以上",
     "ivl_below": "整个区间都在 0 以下",

@@ -94,6 +94,9 @@ UI: dict[str, str] = {
     "pick_intro": "**When to pick it.** ",
     "pick_params": "when adapter storage matters: {ratio:.2g}× LoRA's parameters",
     "pick_acc": "it beat LoRA by {diff:+.1f} points on {task} (beyond the ±{floor:.1f} floor)",
+    "pick_acc_ci": "it beat LoRA by {diff:+.1f} points on {task} (95% interval {lo:+.1f} to {hi:+.1f})",
+    "pick_worse_ci": "not for accuracy at this budget: {diff:+.1f} points vs LoRA on {task} (95% interval {lo:+.1f} to "
+    "{hi:+.1f})",
     "pick_forget": "when keeping general behaviour matters: KL {kl:.3f} vs LoRA's {lkl:.3f}",
     "pick_worse": "not for accuracy at this budget: {diff:+.1f} points vs LoRA on {task} (floor ±{floor:.1f})",
     "pick_nothing": "At this budget nothing separated it from LoRA beyond noise; its case rests on its paper's "

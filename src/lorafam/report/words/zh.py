@@ -90,6 +90,9 @@ UI: dict[str, str] = {
     "pick_intro": "**什么时候选它。** ",
     "pick_params": "在意适配器存储时：参数量是 LoRA 的 {ratio:.2g} 倍",
     "pick_acc": "它在 {task} 上比 LoRA 高 {diff:+.1f} 个百分点（超出 ±{floor:.1f} 的噪声下限）",
+    "pick_acc_ci": "它在 {task} 上比 LoRA 高 {diff:+.1f} 个百分点（95% 置信区间 {lo:+.1f} 到 {hi:+.1f}）",
+    "pick_worse_ci": "在这个预算下不适合追求准确率：在 {task} 上比 LoRA {diff:+.1f} 个百分点（95% 置信区间 {lo:+.1f} 到 "
+    "{hi:+.1f}）",
     "pick_forget": "在意保留通用能力时：KL 为 {kl:.3f}，LoRA 为 {lkl:.3f}",
     "pick_worse": "在这个预算下不适合追求准确率：在 {task} 上比 LoRA {diff:+.1f} 个百分点（噪声下限 ±{floor:.1f}）",
     "pick_nothing": "在这个预算下，它与 LoRA 的差别都没有超出噪声；它的优势要看论文里的设定（arXiv {arxiv}）。",

@@ -287,7 +287,8 @@ def test_zh_chapters_say_each_members_idea_in_chinese(results: Path, tmp_path: P
 
 
 def test_a_member_worse_than_lora_is_not_called_inseparable(results: Path, tmp_path: Path) -> None:
-    fake(results, "lorafam", "rslora", 0.05, params=4_884_480)  # 5% vs LoRA's 56%: far beyond the floor, and nothing in its favour
+    # 5% vs LoRA's 56%: far beyond the floor, and nothing in its favour
+    fake(results, "lorafam", "rslora", 0.05, params=4_884_480)
     en = build_report(results, tmp_path / "out", bench_dir=None, editions=("lab",))["en.md"].read_text()
     pick = en.split("### rslora — ")[1].split("**When to pick it.**")[1].split("\n")[0]
     assert "Not for accuracy at this budget: -51.0 points vs LoRA on add3" in pick

@@ -147,7 +147,21 @@ def export_lora(model: nn.Module, out_dir: str | os.PathLike[str], name: str = "
     if type(cfg) is LoraConfig or spec.key == "longlora":
         layers = [(p, layer) for p, layer in adapted_layers(model) if name in layer.adapters]
         save_adapter(model, out_dir, name)
-        return ExportReport(str(out_dir), spec.key, "copy", cfg.rank, float(cfg.alpha), len(layers), 0.0)
+        notes = []
+        if spec.key == "longlora":
+            notes.append(
+                "LongLoRA: the trained embeddings and norms travel as modules_to_save (on a tied model the head "
+                "too); PEFT reproduces the outputs (tested); runtimes that load only lora_A/lora_B drop them"
+            )
+            if getattr(cfg, "target_context", None) is not None:
+                notes.append(
+                    f"target_context={cfg.target_context}: set linear RoPE scaling (factor = ceil(target_context / "
+                    "max_position_embeddings)) in the base model's config before loading elsewhere — the adapter "
+                    "file cannot carry it (see lorafam_base_model_changes in adapter_config.json)"
+                )
+        return ExportReport(
+            str(out_dir), spec.key, "copy", cfg.rank, float(cfg.alpha), len(layers), 0.0, notes=notes
+        )
     factors = plain_factors(model, name, rank)
     r, alpha = factors.rank, factors.alpha
     state: dict[str, torch.Tensor] = {}

@@ -65,6 +65,17 @@ class LongLoraConfig(LoraConfig):
     def to_peft(self) -> dict[str, Any]:
         d = super().to_peft()
         d["lorafam_config"] = self.to_dict()  # PEFT reads it as LoRA (+ modules_to_save); we restore all fields
+        if self.target_context is not None:  # PEFT cannot change the base config: say what another tool must do
+            d["lorafam_base_model_changes"] = {
+                "rope_parameters": {
+                    "rope_type": "linear",
+                    "factor": "ceil(target_context / max_position_embeddings)",
+                },
+                "target_context": self.target_context,
+                "note": "position interpolation: set this RoPE scaling in the base model's config before loading "
+                "the adapter in PEFT (config.rope_parameters / rope_scaling) or vLLM (--hf-overrides); lorafam "
+                "applies it itself. Without it the outputs differ.",
+            }
         return d
 
     @classmethod
@@ -142,8 +153,32 @@ def embedding_and_norm_params(model: nn.Module) -> dict[str, nn.Parameter]:
     return found
 
 
+def _tied_head(model: nn.Module) -> tuple[str, nn.Parameter] | None:
+    """(file key, weight) of an output head that shares its weight with a trained embedding, else None.
+
+    PEFT's ``modules_to_save`` gives each listed module its own copy, so a file that lists only the embedding
+    leaves PEFT's head on the untrained tied weight (logits 0.93 off ours on a tied model). The file therefore
+    also carries the head, with the same values, and lists it: PEFT's two copies then hold what our one tensor
+    holds.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None) if isinstance(head, nn.Module) else None
+    if weight is None:
+        return None
+    extra = getattr(model, STATE_ATTR)["extra"]
+    if not any(p is weight for p in extra.values()):
+        return None
+    path = next(n for n, m in model.named_modules() if m is head)
+    key = f"{path}.weight"
+    return None if key in extra else (key, weight)
+
+
 def _extra_state(model: nn.Module) -> dict[str, Tensor]:
-    return dict(getattr(model, STATE_ATTR)["extra"])
+    state = dict(getattr(model, STATE_ATTR)["extra"])
+    tied = _tied_head(model)
+    if tied is not None:
+        state[tied[0]] = tied[1].detach().clone()  # its own storage: safetensors refuses shared tensors
+    return state
 
 
 def _load_extra_state(model: nn.Module, remaining: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -160,11 +195,17 @@ def _load_extra_state(model: nn.Module, remaining: dict[str, Tensor]) -> dict[st
             raise ValueError(f"{file_key}: shape {tuple(src.shape)} in the file but {tuple(p.shape)} in the model")
         with torch.no_grad():
             p.copy_(src.to(dtype=p.dtype, device=p.device))
+    tied = _tied_head(model)
+    if tied is not None:  # the head's copy of the tied embedding (written for PEFT; ours is the same tensor)
+        rest.pop(f"{PREFIX}{tied[0]}", None)
     return rest
 
 
 def _extra_peft_config(model: nn.Module) -> dict[str, Any]:
-    keys = getattr(model, STATE_ATTR)["extra"]
+    keys = list(getattr(model, STATE_ATTR)["extra"])
+    tied = _tied_head(model)
+    if tied is not None:
+        keys.append(tied[0])
     return {"modules_to_save": sorted({k.rsplit(".", 1)[0].split(".")[-1] for k in keys})}
 
 

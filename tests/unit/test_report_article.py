@@ -243,5 +243,6 @@ def test_intervals_come_from_the_per_item_records(tmp_path: Path) -> None:
     expected = f"95% 置信区间 {100 * ci.low:+.1f} 到 {100 * ci.high:+.1f}"
     assert f"差 {100 * ci.estimate:+.1f} 个百分点（{expected}" in dora_part
     assert "答案的负对数似然差" in dora_part  # the NLL gap beside the exact-match gap
+    assert "配对自助法" in zh.split("## 开场")[0] and "噪声范围" not in zh  # the lede explains the intervals
     figures = json.loads(paths["data"].read_text())["article"]["figures"]["zh"]
     assert any("eval-curves" in f for f in figures)  # three evaluation points per run: a curve with bands

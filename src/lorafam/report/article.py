@@ -84,15 +84,18 @@ def _lede(art: Article) -> list[Block]:
     d = art.data
     runs = art.num("runs", sum(len(r.runs) for r in d.rows))
     b = _p(art.t("lede", budget=d.budget, runs=runs), art.sp, art.t("flair_lede"))
-    if d.budget == "quick" or len(d.seeds) < 2:
-        args = {
-            "budget": d.budget,
-            "steps": art.num("steps", d.settings.get("steps")),
-            "seeds": art.num("n_seeds", len(d.seeds)),
-            "items": art.num("items", d.settings.get("eval_items")),
-            "floor": art.num("floor_points", A.floor_points(d)),
-        }
-        b += _p(art.t("cannot_rank", **args))
+    task = C.primary_task(d)
+    g = A.gap(d.row("lorafam", "lora"), d.row("base", "base"), task)
+    args = {
+        "budget": d.budget,
+        "steps": art.num("steps", d.settings.get("steps")),
+        "seeds": art.num("n_seeds", len(d.seeds)),
+        "items": art.num("items", d.settings.get("eval_items")),
+    }
+    if g is not None and g[3] == "ci":  # per-item records: every gap below carries its own 95 % interval
+        b += _p(art.t("ci_note", **args))
+    elif d.budget == "quick" or len(d.seeds) < 2:
+        b += _p(art.t("cannot_rank", floor=art.num("floor_points", A.floor_points(d)), **args))
     return b
 
 

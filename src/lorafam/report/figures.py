@@ -77,9 +77,11 @@ def family_tree(members: Sequence[Any], changes: dict[str, str], w: dict[str, st
         if m.year != last_year:
             ax.text(0, y, str(m.year), ha="right", va="center", fontsize=10, color="#555555")
             last_year = m.year
-        if m.parent in row:
+        if m.parent in row:  # an elbow in the parent's colour; below the root it runs between the columns
             px, py = x_of[m.parent], -row[m.parent]
-            ax.plot([px, px, x_of[m.name]], [py, y, y], color="#9a9a9a", lw=1.2, zorder=1)
+            vx = px if depth[m.parent] == 0 else px + 0.175
+            xs, ys = ([px, vx, vx, x_of[m.name]], [py, py, y, y])
+            ax.plot(xs, ys, color=member_style(m.parent)[0], lw=1.3, alpha=0.7, zorder=1)
         colour, marker = member_style(m.name)
         ax.scatter([x_of[m.name]], [y], s=70, color=colour, marker=marker, zorder=3)
         tx = max(x_of.values()) + 0.25

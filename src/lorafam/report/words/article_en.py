@@ -17,6 +17,9 @@ ART: dict[str, str] = {
     "cannot_rank": "A warning first: this is the {budget} budget ({steps} steps, {seeds} seed(s), {items} test items per "
     "task), so accuracy carries a noise range of about ±{floor:.0f} points. Gaps inside that range do not count, and "
     "each one is marked below.",
+    "ci_note": "The rules first: this is the {budget} budget ({steps} steps, {seeds} seed(s), {items} test items per "
+    "task). Every gap below carries its 95% confidence interval (a paired bootstrap over the same test items); a gap "
+    "whose interval crosses 0 does not count, and each one is marked.",
     "flair_lede": "Gossip is welcome; the numbers have the last word.",
     "origin": "Origin",
     "idea": "The move",

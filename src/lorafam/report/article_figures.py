@@ -61,40 +61,41 @@ def curves(art: Article) -> list[Block]:
         if row:
             runs[name] = [r.train_info.loss_curve for r in row.ok_runs(task) if r.train_info.loss_curve]
     b = art.figure("loss-curves", "cap_curve", F.loss_curves(runs, art.fw, figure_lang(art.lang)))
-    points = {}
+    points, sizes, kinds = {}, [], set()
     for name in CURVE_MEMBERS:
         row = d.row("lorafam", name)
-        pts = eval_points(row.ok_runs(task)) if row else []
+        pts, n, kind = eval_points(row.ok_runs(task)) if row else ([], 0, "")
         if len(pts) >= 2:
             points[name] = pts
-    return b + art.figure("eval-curves", "cap_eval", F.eval_curves(points, art.fw, figure_lang(art.lang)))
+            sizes.append(n)
+            kinds.add(kind)
+    png = F.eval_curves(points, art.fw, figure_lang(art.lang))
+    key = "cap_eval" if kinds == {"ci"} else "cap_eval_floor"
+    return b + art.figure("eval-curves", key, png, n=art.num("curve_items", min(sizes, default=0)))
 
 
-def eval_points(runs: list[Any]) -> list[tuple[float, float, float, float]]:
-    """(step, mean %, low %, high %) per evaluation point over the runs (seeds).
+def eval_points(runs: list[Any]) -> tuple[list[tuple[float, float, float, float]], int, str]:
+    """(step, mean %, low %, high %) per evaluation point over the runs (seeds), the items behind each point, and
+    the kind of band ("ci" or "floor").
 
-    With per-item records (``train_info.evals``) the band is the 95 % bootstrap interval of the mean over the
-    same items (and seeds); otherwise the eval curve's mean ± the noise floor at that point.
+    With per-item records (``train_info.evals``) every point scores the same items — the prefix all points
+    share (the arena scores a fixed prefix along the run and every item at the end) — and the band is the 95 %
+    bootstrap interval of the mean over those items (and seeds). Without them: the eval curve's mean ± the
+    noise floor.
     """
-    recs = [getattr(r.train_info, "evals", None) or [] for r in runs]
-    if recs and len({len(e) for e in recs}) == 1 and len(recs[0]) >= 2:
-        try:
-            from lorafam.arena import stats
-        except ImportError:  # an older arena without per-item statistics
-            stats = None
-        out = []
-        for j in range(len(recs[0]) if stats else 0):
-            ems = [e[j]["em"] for e in recs]
-            if len({len(x) for x in ems}) != 1 or not ems[0]:
-                break
-            ci = stats.mean_interval(ems)
-            out.append((recs[0][j]["step"], 100 * ci.estimate, 100 * ci.low, 100 * ci.high))
-        else:
-            if out:
-                return out
-    return _floor_points(
-        [r.train_info.eval_curve for r in runs], max((r.train_info.test_items for r in runs), default=1)
-    )
+    from lorafam.arena import stats
+
+    recs = [r.train_info.evals for r in runs]
+    if recs and all(len(e) >= 2 for e in recs) and len({len(e) for e in recs}) == 1:
+        n = min(len(rec["em"]) for e in recs for rec in e)
+        if n > 0:
+            out = []
+            for j in range(len(recs[0])):
+                ci = stats.mean_interval([e[j]["em"][:n] for e in recs])
+                out.append((recs[0][j]["step"], 100 * ci.estimate, 100 * ci.low, 100 * ci.high))
+            return out, n, "ci"
+    n = max((r.train_info.test_items for r in runs), default=1)
+    return _floor_points([r.train_info.eval_curve for r in runs], n), n, "floor"
 
 
 def _floor_points(curves: list[list[list[float]]], n: int) -> list[tuple[float, float, float, float]]:

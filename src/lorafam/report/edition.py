@@ -65,12 +65,12 @@ class Article:
         self.facts[name] = value
         return value
 
-    def figure(self, name: str, caption_key: str, png: bytes | None) -> list[Block]:
+    def figure(self, name: str, caption_key: str, png: bytes | None, **args: Any) -> list[Block]:
         """A numbered figure (upload order = order of appearance); nothing when there is nothing to draw."""
         if not png:
             return []
         n = len(self.figures) + 1
-        caption = self.t("fig", n=n) + " " + self.t(caption_key)
+        caption = self.t("fig", n=n) + " " + self.t(caption_key, **args)
         block = Block("figure", caption, png=png, name=f"{n:02d}-{name}")
         self.figures.append(block)
         return [block]

@@ -28,7 +28,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -292,6 +292,8 @@ class Engine:
         self._paused = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
+        self.step_log: deque[tuple[int, int, float]] = deque(maxlen=100_000)
+        """(rows, distinct models, seconds) of recent decode steps (benchmarks read it)."""
         self.stats: dict[str, float] = {
             "decode_steps": 0,
             "max_batch_rows": 0,
@@ -511,7 +513,21 @@ class Engine:
         if rec is not None and not rec.removing:
             return rec
         if model in self.known and rec is None:
-            return self.load(model, self.known[model])
+            path = self.check_path(self.known[model])
+            from lorafam.commands._generation import AdapterMismatchError, check_adapter_base
+
+            try:
+                check_adapter_base(path, self.model, None)
+            except AdapterMismatchError as exc:
+                raise EngineError(str(exc), 400, "model") from exc
+
+            def get_or_load() -> ServedAdapter:
+                loaded = self.adapters.get(model)  # a concurrent request may have loaded it meanwhile
+                if loaded is not None and not loaded.removing:
+                    return loaded
+                return self._load_now(model, path)
+
+            return self._call(get_or_load)
         raise EngineError(
             f"The model `{model}` does not exist. Available: {', '.join(self.model_ids())}", 404, "model"
         )
@@ -812,6 +828,7 @@ class Engine:
         for i, r in enumerate(list(rows)):
             self._accept(r, logits[i, -1].float())
         dt = time.perf_counter() - t0
+        self.step_log.append((n, models, dt))
         if self.metrics:
             self.metrics.observe_step(n, models, dt)
 

@@ -159,7 +159,9 @@ def part_mixed(args: argparse.Namespace, base: Any, tok: Any, model_dir: str | N
     return out
 
 
-def _peft_mixed(args: argparse.Namespace, model_dir: str | None, tok: Any, root: Path, prompts: list[list[int]]) -> dict:
+def _peft_mixed(
+    args: argparse.Namespace, model_dir: str | None, tok: Any, root: Path, prompts: list[list[int]]
+) -> dict:
     """PEFT's mixed-adapter batch (``adapter_names``) over 8 LoRA adapters vs one adapter, generate() tokens/s."""
     from peft import PeftModel
 
@@ -186,7 +188,9 @@ def _peft_mixed(args: argparse.Namespace, model_dir: str | None, tok: Any, root:
             )
         return ids.shape[0] * args.out_len / (time.perf_counter() - t)
 
-    times = _interleave({"peft_mixed_8": lambda: run(names), "peft_one": lambda: run([names[1]] * 8)}, args.repeats)
+    times = _interleave(
+        {"peft_mixed_8": lambda: run(names), "peft_one": lambda: run([names[1]] * 8)}, args.repeats
+    )
     return {
         "tokens_per_s": {k: _med(v) for k, v in times.items()},
         "raw_tokens_per_s": times,
@@ -208,7 +212,9 @@ def _workload(args: argparse.Namespace, n_adapters: int, seed: int) -> list[tupl
     return out
 
 
-def _ours(engine: Engine, names: list[str], load: list[tuple[float, int]], prompts: list[list[int]], out_len: int) -> dict:
+def _ours(
+    engine: Engine, names: list[str], load: list[tuple[float, int]], prompts: list[list[int]], out_len: int
+) -> dict:
     done: list[dict] = []
     lock = threading.Lock()
 
@@ -230,10 +236,21 @@ def _ours(engine: Engine, names: list[str], load: list[tuple[float, int]], promp
     for th in threads:
         th.join()
     wall = time.perf_counter() - t0
-    return {"tokens_per_s": len(load) * out_len / wall, "wall_s": wall, "ttft_s": _med([d["ttft_s"] for d in done])}
+    return {
+        "tokens_per_s": len(load) * out_len / wall,
+        "wall_s": wall,
+        "ttft_s": _med([d["ttft_s"] for d in done]),
+    }
 
 
-def _peft_server(model: Any, names: list[str], load: list[tuple[float, int]], prompts: list[list[int]], out_len: int, max_batch: int) -> dict:
+def _peft_server(
+    model: Any,
+    names: list[str],
+    load: list[tuple[float, int]],
+    prompts: list[list[int]],
+    out_len: int,
+    max_batch: int,
+) -> dict:
     """A PEFT server batching per adapter: serve the oldest waiting request's adapter, all its waiting requests."""
     t0 = time.perf_counter()
     waiting: list[int] = []
@@ -345,7 +362,12 @@ def part_merge(args: argparse.Namespace, base: Any, tok: Any, model_dir: str | N
 
 
 def part_alora(args: argparse.Namespace, base: Any, tok: Any, model_dir: str | None, root: Path) -> dict[str, Any]:
-    path = _write(model_dir, root / "judge", lf.ALoraConfig(rank=32, alpha=32, targets="all-linear", invocation_tokens=INVOCATION), 8)
+    path = _write(
+        model_dir,
+        root / "judge",
+        lf.ALoraConfig(rank=32, alpha=32, targets="all-linear", invocation_tokens=INVOCATION),
+        8,
+    )
     engine = Engine(base, tok, base_id="base", config=EngineConfig(cache_tokens=8192, merge_hot=False)).start()
     engine.load("judge", path, check_base=False)
     out: dict[str, Any] = {}
@@ -354,13 +376,15 @@ def part_alora(args: argparse.Namespace, base: Any, tok: Any, model_dir: str | N
         history = _prompt(tok, n, 400 + n)
         call = history + INVOCATION
 
-        def with_reuse() -> float:
-            engine.generate(GenRequest(model="base", prompt_ids=history, max_tokens=1, temperature=0))  # the base turn
+        def with_reuse(history: list[int] = history, call: list[int] = call, n: int = n) -> float:
+            engine.generate(
+                GenRequest(model="base", prompt_ids=history, max_tokens=1, temperature=0)
+            )  # the base turn
             done = engine.generate(GenRequest(model="judge", prompt_ids=call, max_tokens=1, temperature=0))
             assert done["cached_tokens"] >= n - engine.prefix.block, done["cached_tokens"]
             return done["ttft_s"]
 
-        def without() -> float:
+        def without(call: list[int] = call) -> float:
             engine._call(engine.prefix.entries.clear)
             done = engine.generate(GenRequest(model="judge", prompt_ids=call, max_tokens=1, temperature=0))
             assert done["cached_tokens"] == 0
@@ -398,10 +422,18 @@ def _markdown(res: dict[str, Any]) -> str:
             md_table(
                 ["batch of 8", "tokens/s", "ratio"],
                 [
-                    ["8 different adapters (ours)", t["mixed_8_adapters"], f"{x['ratio_mixed_over_one']:.2f} (target ≥ 0.8; spread {x['ratio_spread'][0]:.2f}–{x['ratio_spread'][1]:.2f})"],
+                    [
+                        "8 different adapters (ours)",
+                        t["mixed_8_adapters"],
+                        f"{x['ratio_mixed_over_one']:.2f} (target ≥ 0.8; spread {x['ratio_spread'][0]:.2f}–{x['ratio_spread'][1]:.2f})",
+                    ],
                     ["one adapter (ours, unmerged)", t["one_adapter"], "1"],
                     ["base model (ours)", t["base"], f"one adapter / base {x['ratio_one_over_base']:.2f}"],
-                    ["8 LoRA adapters (PEFT adapter_names)", x["peft"]["tokens_per_s"]["peft_mixed_8"], f"{x['peft']['ratio_mixed_over_one']:.2f}"],
+                    [
+                        "8 LoRA adapters (PEFT adapter_names)",
+                        x["peft"]["tokens_per_s"]["peft_mixed_8"],
+                        f"{x['peft']['ratio_mixed_over_one']:.2f}",
+                    ],
                     ["one adapter (PEFT)", x["peft"]["tokens_per_s"]["peft_one"], "1"],
                 ],
             ),
@@ -409,7 +441,13 @@ def _markdown(res: dict[str, Any]) -> str:
         ]
     if "sweep" in res:
         rows = [
-            [n, v["adapters_used"], v["ours_tokens_per_s"], v["peft_per_adapter_tokens_per_s"], f"{v['ratio_ours_over_peft']:.2f} ({v['ratio_spread'][0]:.2f}–{v['ratio_spread'][1]:.2f})"]
+            [
+                n,
+                v["adapters_used"],
+                v["ours_tokens_per_s"],
+                v["peft_per_adapter_tokens_per_s"],
+                f"{v['ratio_ours_over_peft']:.2f} ({v['ratio_spread'][0]:.2f}–{v['ratio_spread'][1]:.2f})",
+            ]
             for n, v in res["sweep"].items()
         ]
         a = res["args"]
@@ -431,7 +469,10 @@ def _markdown(res: dict[str, Any]) -> str:
             "",
         ]
     if "alora" in res:
-        rows = [[n, v["ttft_s"]["reuse"] * 1000, v["ttft_s"]["no_reuse"] * 1000, f"{v['speedup']:.1f}×"] for n, v in res["alora"].items()]
+        rows = [
+            [n, v["ttft_s"]["reuse"] * 1000, v["ttft_s"]["no_reuse"] * 1000, f"{v['speedup']:.1f}×"]
+            for n, v in res["alora"].items()
+        ]
         lines += [
             "**aLoRA after a base turn.** Time to first token of an aLoRA call on the history the base model just "
             "produced, through the engine's shared prefix cache vs with the cache cleared:",
@@ -466,7 +507,9 @@ def main() -> None:
     res: dict[str, Any] = {
         "machine": machine_info(),
         "load_avg": round(os.getloadavg()[0], 1),
-        "args": {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in vars(args).items()},
+        "args": {
+            k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in vars(args).items()
+        },
         "torch_threads": torch.get_num_threads(),
     }
     res["machine"]["threads"] = torch.get_num_threads()

@@ -23,7 +23,11 @@ async def _round(url: str) -> tuple[list, float]:
         model = MODELS[i % len(MODELS)]
         if i % 2:
             return await client.completions.create(
-                model=model, prompt=f"Request {i}: the cat", max_tokens=4, temperature=0, extra_body={"ignore_eos": True}
+                model=model,
+                prompt=f"Request {i}: the cat",
+                max_tokens=4,
+                temperature=0,
+                extra_body={"ignore_eos": True},
             )
         return await client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": f"Request {i}"}], max_tokens=4, temperature=0,

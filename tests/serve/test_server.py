@@ -316,14 +316,11 @@ def test_runtime_load_unload_lru_and_hot_merge(tiny_dir, adapter_dir, tokenizer)
 
 def test_chat_command_keeps_its_history_in_the_engine(tiny_dir, adapter_dir, capsys):
     """Second turn: the first turn's prompt and reply come from the prefix cache (printed reuse count)."""
-    import argparse
-
+    from lorafam.cli import build_parser
     from lorafam.commands import chat
 
-    args = argparse.Namespace(
-        model=str(tiny_dir), adapter=str(adapter_dir / "dora"), max_new_tokens=6, temperature=0.0, system=None,
-        ignore_base_mismatch=False, device=None,
-    )  # fmt: skip
+    argv = ["chat", "--model", str(tiny_dir), "--adapter", str(adapter_dir / "dora"), "--max-new-tokens", "6"]
+    args = build_parser().parse_args(argv)
     lines = iter(["Tell me about the red cat on the hill.", "And the dog?", "/exit"])
     assert chat.run(args, input_fn=lambda _: next(lines)) == 0
     out = capsys.readouterr().out

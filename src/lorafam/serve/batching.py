@@ -1043,24 +1043,7 @@ def _pick(logits: Tensor, temperature: float, top_p: float, gen: torch.Generator
 
 
 def _detach(model: nn.Module, name: str) -> None:
-    """Remove adapter ``name`` from ``model`` (``lf.detach`` when the library has it)."""
-    import lorafam as lf
+    """Remove the attached (solo) adapter ``name`` from ``model``; the others stay as they are."""
+    from lorafam.core.inject import detach
 
-    detach = getattr(lf, "detach", None)
-    if detach is not None:
-        detach(model, name)
-        return
-    from lorafam.core.inject import CONFIGS_ATTR, _set_module, adapted_layers, configs
-    from lorafam.family import spec_for_config
-
-    cfgs = dict(configs(model))
-    for path, layer in list(adapted_layers(model)):
-        if name in layer.adapters:
-            del layer.adapters[name]
-            layer.active = [n for n in layer.active if n != name]
-            if not layer.adapters:
-                _set_module(model, path, layer.base_layer)
-    cfg = cfgs.pop(name, None)
-    if cfg is not None:
-        spec_for_config(cfg).adapter_cls.on_detach(model, cfg, name)
-    object.__setattr__(model, CONFIGS_ATTR, cfgs)
+    detach(model, name)

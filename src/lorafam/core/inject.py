@@ -134,6 +134,8 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
             if layer is not found:
                 _set_module(model, path, found)
         raise
+    if config.quantize == "nf4":  # QLoRA quantises the whole base, whatever the adapter targets
+        quantized_now = _quantize_rest(model, config.compute_dtype) or quantized_now
     if quantized_now:  # drop every reference to the float weights (and the file they were mapped from)
         from lorafam.quant.nf4 import release_float_weights
 
@@ -168,6 +170,21 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
         for p in keep:
             p.requires_grad_(True)
     return model
+
+
+def _quantize_rest(model: nn.Module, compute_dtype: str) -> bool:
+    """NF4 for every linear layer not yet quantised, except the output head (embeddings are not linear layers):
+    what bitsandbytes' ``load_in_4bit`` and PEFT's QLoRA recipe do, so targeting only q/v still stores the MLPs
+    in 4 bits. Returns whether anything was quantised."""
+    from lorafam.quant.nf4 import quantize_base
+
+    changed = False
+    for path, layer in adaptable_layers(model).items():
+        if isinstance(layer, AdaptedLayer) or is_quantized(layer):
+            continue
+        _set_module(model, path, quantize_base(layer, compute_dtype=compute_dtype))
+        changed = True
+    return changed
 
 
 def _build_on(layer: AdaptedLayer, adapter_cls: type[Adapter], config: AdapterConfig, path: str) -> Adapter:
@@ -289,6 +306,10 @@ def merge_and_unload(model: nn.Module, progress: bool = False) -> nn.Module:
         layer.unmerge()
         layer.merge()
         _set_module(model, path, base)
+    for path, module in list(adaptable_layers(model).items()):  # the rest of a QLoRA base (never adapted)
+        if is_quantized(module) and hasattr(module, "to_float_linear"):
+            _set_module(model, path, module.to_float_linear())
+            dequantised = True
     for path, wrapper in list(saved_modules(model)):  # the trained copy in use replaces the module (as PEFT)
         chosen = wrapper.in_use()
         for p in chosen.parameters():

@@ -1,5 +1,5 @@
 # The two commands of the README. Both set everything up on a fresh machine first (idempotent).
-.PHONY: setup main test lint
+.PHONY: setup main test lint interop
 
 VENV := .venv/bin
 
@@ -17,3 +17,9 @@ test: setup
 
 lint: setup
 	$(VENV)/ruff check . && $(VENV)/ruff format --check .
+
+# Opt-in: llama.cpp loads `lorafam export --to gguf` adapters and decodes as lorafam does (docs/export.md).
+# llama-cpp-python is built from PyPI's sdist (several minutes of CPU the first time; pip caches the wheel).
+interop: setup
+	nice -n 10 $(VENV)/python -m pip install --no-binary llama-cpp-python "llama-cpp-python==0.3.36"
+	LORAFAM_INTEROP=1 $(VENV)/python -m pytest -q tests/interop

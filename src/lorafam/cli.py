@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lorafam.commands.export",
         "rewrite an adapter as plain PEFT LoRA (exact for Quantum-PEFT, SVD otherwise)",
     ),
+    "eval": (
+        "lorafam.commands.eval",
+        "evaluate an adapter (or the base) on a held-out file: generation + metrics",
+    ),
     "estimate": ("lorafam.commands.estimate", "estimate training memory for a config before running it"),
     "env": ("lorafam.commands.env", "print versions, the device, and whether bf16 is fast here (for bug reports)"),
     "arena": ("lorafam.commands.arena", "train every member on the same tasks and budget; record the results"),
@@ -37,7 +41,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 EPILOG = """examples:
   lorafam quickstart                          train LoRA on the bundled data, show before/after
   lorafam train my.yaml learning_rate=5e-4    one YAML (LLaMA-Factory keys), key=value overrides
-  lorafam generate "Hello" --adapter runs/x
+  lorafam eval --adapter runs/x --data test.jsonl      exact match, token F1, arena checkers
+  lorafam export runs/x --to gguf runs/x.gguf         a llama.cpp / Ollama LoRA adapter
   lorafam env                                 versions and device, for a bug report
 
 `lorafam COMMAND --help` shows each command's options and examples; docs/cli.md covers them all."""

@@ -71,7 +71,7 @@ def test_two_gloo_ranks_match_each_other_and_one_process(setup):
     r0, r1 = load_file(root / "rank0.safetensors"), load_file(root / "rank1.safetensors")
     assert r0.keys() == r1.keys()
     assert all(torch.equal(r0[k], r1[k]) for k in r0), "ranks diverged"
-    saved = load_file(root / "ddp" / "adapter" / "adapter_model.safetensors")  # written by rank 0 only
+    saved = load_file(root / "ddp" / "adapter_model.safetensors")  # written by rank 0 only
     assert all(torch.equal(saved[k], r0[k]) for k in r0)
 
     single = train(

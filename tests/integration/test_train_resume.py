@@ -52,15 +52,15 @@ def test_sigkill_then_resume_equals_uninterrupted(setup):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert not (run_dir / "adapter").exists(), "the run finished before it could be killed"
+    assert not (run_dir / "adapter_model.safetensors").exists(), "the run finished before it could be killed"
 
     out = subprocess.run(_cmd(cfg, f"output_dir={run_dir}", "resume_from_checkpoint=true"), env=_env(),
                          capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "resumed from" in out.stderr
 
-    a = read_adapter_weights(ref_dir / "adapter")
-    b = read_adapter_weights(run_dir / "adapter")
+    a = read_adapter_weights(ref_dir)
+    b = read_adapter_weights(run_dir)
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     ref = json.loads((ref_dir / "train_results.json").read_text())

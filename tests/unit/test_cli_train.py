@@ -35,7 +35,7 @@ def test_help(verb, capsys):
 
 def test_train_writes_the_run(setup):
     root = setup[0]
-    assert (root / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (root / "run" / "adapter_model.safetensors").is_file()
     assert "lora_rank: 4" in (root / "run" / "run_config.yaml").read_text()
 
 
@@ -54,7 +54,7 @@ def test_train_refuses_an_output_dir_holding_a_run(setup, capsys):
     assert main(["train", str(setup[3])]) == 1
     err = capsys.readouterr().err
     assert "is not empty" in err and "overwrite_output_dir" in err
-    assert (setup[0] / "run" / "adapter").is_dir()  # nothing lost
+    assert (setup[0] / "run" / "adapter_model.safetensors").is_file()  # nothing lost
 
 
 def test_print_config(setup, capsys):
@@ -90,25 +90,20 @@ def test_generate_and_chat_with_an_adapter(setup, capsys):
     from lorafam.commands import chat, generate
 
     root, model_dir = setup[0], setup[1]
-    a = _args(model=str(model_dir), adapter=str(root / "run" / "adapter"), prompt="hello", raw=False)
+    a = _args(model=str(model_dir), adapter=str(root / "run"), prompt="hello", raw=False)
     assert generate.run(a) == 0
     lines = iter(["hi there", "/reset", "again", "/exit"])
-    assert (
-        chat.run(
-            _args(model=str(model_dir), adapter=str(root / "run" / "adapter")), input_fn=lambda _: next(lines)
-        )
-        == 0
-    )
+    assert chat.run(_args(model=str(model_dir), adapter=str(root / "run")), input_fn=lambda _: next(lines)) == 0
     assert capsys.readouterr().out.count("assistant> ") == 2
 
 
 def test_adapter_from_another_base_is_refused(setup, tmp_path, capsys):
     root = setup[0]
     other = make_tiny_model_dir(tmp_path, seed=1)  # same shapes, different base
-    assert main(["generate", "hi", "--model", str(other), "--adapter", str(root / "run" / "adapter")]) == 1
+    assert main(["generate", "hi", "--model", str(other), "--adapter", str(root / "run")]) == 1
     err = capsys.readouterr().err
     assert "trained on base" in err and "--ignore-base-mismatch" in err
-    assert main(["merge", "--model", str(other), "--adapter", str(root / "run" / "adapter"),
+    assert main(["merge", "--model", str(other), "--adapter", str(root / "run"),
                  "--output", str(tmp_path / "m")]) == 1  # fmt: skip
     assert not (tmp_path / "m").exists()
 
@@ -120,7 +115,7 @@ def test_adapter_with_other_shapes_is_refused_even_when_forced(setup, tmp_path, 
     odd = tmp_path / "odd"
     lf.tiny_llama(vocab_size=len(tok), hidden=48, layers=2, heads=4, kv_heads=2).save_pretrained(odd)
     tok.save_pretrained(odd)
-    code = main(["generate", "hi", "--model", str(odd), "--adapter", str(setup[0] / "run" / "adapter"),
+    code = main(["generate", "hi", "--model", str(odd), "--adapter", str(setup[0] / "run"),
                  "--ignore-base-mismatch"])  # fmt: skip
     assert code == 1
     assert "different base model" in capsys.readouterr().err
@@ -131,19 +126,16 @@ def test_merge_writes_a_plain_model_with_the_same_outputs(setup, tmp_path):
 
     root, model_dir = setup[0], setup[1]
     out = tmp_path / "merged"
-    assert main(["merge", "--model", str(model_dir), "--adapter", str(root / "run" / "adapter"),
+    assert main(["merge", "--model", str(model_dir), "--adapter", str(root / "run"),
                  "--output", str(out)]) == 0  # fmt: skip
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
-    ref = lf.load_adapter(lf.load_model(str(model_dir)), root / "run" / "adapter")
+    ref = lf.load_adapter(lf.load_model(str(model_dir)), root / "run")
     x = torch.randint(0, 1000, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(merged(x).logits, ref(x).logits, atol=1e-5, rtol=1e-5)
     assert (out / "tokenizer.json").is_file()
     assert (
-        main(
-            ["merge", "--model", str(model_dir), "--adapter", str(root / "run" / "adapter"), "--output", str(out)]
-        )
-        == 1
+        main(["merge", "--model", str(model_dir), "--adapter", str(root / "run"), "--output", str(out)]) == 1
     )  # fmt: skip  (exists; --force needed)
 
 
@@ -154,4 +146,4 @@ def test_quickstart_runs_on_the_default_model(tmp_path, capsys):
     )
     assert code == 0
     assert "exact match on 2 held-out items: base" in capsys.readouterr().out
-    assert (tmp_path / "q" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "q" / "adapter_model.safetensors").is_file()

@@ -161,3 +161,11 @@ def test_package_data_globs_all_match_files():
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lorafam"]
     for pattern in data:
         assert list((ROOT / "src" / "lorafam").glob(pattern)), f"package-data entry {pattern!r} matches nothing"
+
+
+def test_cli_docs_cover_every_verb():
+    from lorafam.cli import COMMANDS
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    for verb in COMMANDS:
+        assert f"`lorafam {verb}" in text, verb

@@ -85,24 +85,76 @@ def loraplus_ratio(cfg: TrainConfig) -> float | None:
 
     if cfg.loraplus_lr_ratio is not None:
         return cfg.loraplus_lr_ratio
+    if cfg.method not in MEMBERS:  # method: full / freeze
+        return None
     return MEMBERS[cfg.method].train.loraplus_ratio
 
 
+def freeze_for_training(model: nn.Module, cfg: TrainConfig) -> None:
+    """``method: full`` trains every parameter; ``method: freeze`` (LLaMA-Factory's freeze tuning) trains only the
+    last ``freeze_trainable_layers`` decoder layers (the first ones when negative), restricted to the module
+    names in ``freeze_trainable_modules`` (``all`` = every parameter of those layers)."""
+    if cfg.method == "full":
+        model.requires_grad_(True)
+        return
+    model.requires_grad_(False)
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise ConfigError(f"method: freeze needs a decoder with model.layers; {type(model).__name__} has none")
+    n = cfg.freeze_trainable_layers
+    if n == 0 or abs(n) > len(layers):
+        raise ConfigError(f"freeze_trainable_layers={n}: the model has {len(layers)} decoder layers")
+    chosen = list(layers)[-n:] if n > 0 else list(layers)[:-n]
+    mods = cfg.freeze_trainable_modules
+    names = None if mods == "all" else ([m.strip() for m in mods.split(",")] if isinstance(mods, str) else mods)
+    found = False
+    for layer in chosen:
+        for pname, p in layer.named_parameters():
+            if names is None or any(part in names for part in pname.split(".")):
+                p.requires_grad_(True)
+                found = True
+    if not found:
+        raise ConfigError(f"freeze_trainable_modules={mods!r} matches no parameter of the chosen layers")
+
+
+def _load_adapters(model: nn.Module, cfg: TrainConfig) -> None:
+    """``adapter_name_or_path``: every adapter but the last is merged into the base (LLaMA-Factory's rule); the
+    last one is loaded trainable and training continues from it (its own config decides rank, targets...)."""
+    import lorafam as lf
+
+    *merged, last = cfg.adapter_name_or_path
+    for path in merged:
+        lf.load_adapter(model, path, name="merged")
+        lf.merge_and_unload(model)
+    lf.load_adapter(model, last, trainable=True)
+
+
 def build_model(cfg: TrainConfig, device: torch.device | str | None = None) -> tuple[nn.Module, Any]:
-    """Load the base model and tokenizer, attach the member's adapter (trainable), apply bf16/checkpointing."""
+    """Load the base model and tokenizer, attach the member's adapter (trainable) or continue from
+    ``adapter_name_or_path``, or unfreeze the base (``method: full`` / ``freeze``); apply bf16/checkpointing."""
     import lorafam as lf
     from lorafam.core.precision import cast_frozen
 
-    acfg = adapter_config(cfg)
     tok = lf.load_tokenizer(cfg.model_name_or_path)
-    if hasattr(acfg, "resolve"):  # aLoRA: an invocation string becomes token ids with this tokenizer
-        try:
-            acfg = acfg.resolve(tok)
-        except ValueError as exc:
-            raise ConfigError(f"method_args: {exc}") from exc
+    acfg = None
+    if cfg.is_adapter_method and not cfg.adapter_name_or_path:
+        acfg = adapter_config(cfg)
+        if hasattr(acfg, "resolve"):  # aLoRA: an invocation string becomes token ids with this tokenizer
+            try:
+                acfg = acfg.resolve(tok)
+            except ValueError as exc:
+                raise ConfigError(f"method_args: {exc}") from exc
     model = lf.load_model(cfg.model_name_or_path, device=device)
-    lf.attach(model, acfg)
-    if cfg.bf16:
+    if acfg is not None:
+        lf.attach(model, acfg)
+    elif cfg.adapter_name_or_path:
+        try:
+            _load_adapters(model, cfg)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            raise ConfigError(f"adapter_name_or_path: {exc}") from exc
+    else:
+        freeze_for_training(model, cfg)
+    if cfg.bf16 and cfg.is_adapter_method:
         cast_frozen(model, torch.bfloat16)
     if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5 name

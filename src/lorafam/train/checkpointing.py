@@ -24,9 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from lorafam.core.checkpoint import adapter_state, atomic_write_dir, read_adapter_weights, save_adapter
+from lorafam.core.inject import configs
 
 STATE_NAME = "trainer_state.json"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -84,7 +86,10 @@ def save_checkpoint(
     final = Path(output_dir) / f"checkpoint-{step}"
 
     def write(tmp: Path) -> None:
-        save_adapter(model, tmp)  # replaces the (empty) temporary folder with the adapter files
+        if configs(model):
+            save_adapter(model, tmp)  # replaces the (empty) temporary folder with the adapter files
+        else:  # method: full / freeze — the trainable base parameters themselves
+            save_file(_trainable_state(model), str(tmp / TRAINABLE_NAME))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(callbacks_state, tmp / "callbacks.pt")
@@ -99,19 +104,32 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(
-    path: str | Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    rank: int = 0,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore adapter, optimizer, scheduler and this rank's RNG; returns ``(trainer_state, callbacks_state)``."""
+TRAINABLE_NAME = "trainable.safetensors"  # method: full / freeze checkpoints: the trainable base parameters
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_trainable(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    file = path / TRAINABLE_NAME
+    if not file.is_file():
+        raise ValueError(f"{path}: not a full/freeze fine-tuning checkpoint ({TRAINABLE_NAME} missing)")
+    state = load_file(str(file))
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(state) != expected:
+        raise ValueError(f"{path}: the checkpoint's trainable parameters do not match this run's model/config")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+
+
+def _load_adapter_checkpoint(model: nn.Module, path: Path) -> None:
     from lorafam.core.checkpoint import load_adapter_state
 
-    path = Path(path)
-    if not (path / STATE_NAME).is_file():
-        raise FileNotFoundError(f"{path}: not a complete checkpoint ({STATE_NAME} missing)")
     state = read_adapter_weights(path)
     expected = set(adapter_state(model))
     if set(state) != expected:
@@ -123,6 +141,24 @@ def load_checkpoint(
         )
     with torch.no_grad():
         load_adapter_state(model, state, "default", source=str(path))
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rank: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore adapter (or trainable base parameters), optimizer, scheduler and this rank's RNG; returns
+    ``(trainer_state, callbacks_state)``."""
+    path = Path(path)
+    if not (path / STATE_NAME).is_file():
+        raise FileNotFoundError(f"{path}: not a complete checkpoint ({STATE_NAME} missing)")
+    if configs(model):
+        _load_adapter_checkpoint(model, path)
+    else:
+        _load_trainable(model, path)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng_file = path / f"rng_state_{rank}.pth"

@@ -15,7 +15,12 @@ from lorafam.train.checkpointing import latest_checkpoint, rng_state, save_check
 from lorafam.train.config import TrainConfig
 from lorafam.train.metrics import MetricsLog
 
-_RUN_FILES = ("metrics.jsonl", "metrics.csv", "loss.png", "run_config.yaml", "train_results.json", "adapter")
+_RUN_FILES = (
+    "metrics.jsonl", "metrics.csv", "loss.png", "run_config.yaml", "train_results.json", "trainer_state.json",
+    "adapter", "adapter_config.json", "adapter_model.safetensors", "config.json", "model.safetensors",
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+    "merges.txt", "chat_template.jinja", "runs", ".final-tmp",
+)  # fmt: skip
 
 
 class TrainingError(RuntimeError):
@@ -76,6 +81,8 @@ def save_state(
     loss_curve: list,
     eval_curve: list,
     spe: int,
+    log_history: list | None = None,
+    max_steps: int | None = None,
 ) -> str | None:
     """Gather every rank's RNG state and write ``checkpoint-<done>`` from rank 0; returns its path (rank 0)."""
     states = [rng_state()]
@@ -93,6 +100,9 @@ def save_state(
             "loss_curve": loss_curve,
             "eval_curve": eval_curve,
             "world_size": info.world,
+            # Hugging Face Trainer's own keys, so tools that read HF checkpoints find them
+            "max_steps": max_steps,
+            "log_history": list(log_history or []),
         }
         cb_state = {f"{i}:{cb.name}": cb.state_dict() for i, cb in enumerate(callbacks)}
         path = str(save_checkpoint(out, done, model, optimizer, scheduler, tstate, cb_state, states,

@@ -112,6 +112,9 @@ class _Run:
     last_ckpt: str | None = None
     t_start: float = 0.0
     tokens_at_start: int = 0
+    tok: Any = None
+    tb: Any = None  # a torch.utils.tensorboard SummaryWriter when report_to has tensorboard (rank 0)
+    log_history: list = field(default_factory=list)  # HF trainer_state.json's rows
 
     @property
     def global_batch(self) -> int:
@@ -151,10 +154,10 @@ def _setup(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) 
 
     from lorafam.core.inject import configs, count_params, trainable_summary
     from lorafam.data.dataset import check_packing, pack, split, to_rows
-    from lorafam.optim import make_optimizer
     from lorafam.train.build import build_model, config_examples, loraplus_ratio
     from lorafam.train.callbacks import callbacks_for
     from lorafam.train.loss import LossModule
+    from lorafam.train.schedule import build_optimizer, build_scheduler
 
     console = Console(stderr=True, quiet=not info.is_main)
     resume_path = _output_folder(cfg, info, console)
@@ -163,12 +166,19 @@ def _setup(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) 
     trainable, total_params = count_params(model)
     console.print(trainable_summary(model, printer=None))
     examples, stats = config_examples(cfg, tok)
-    train_ex, val_ex = split(examples, cfg.val_size, cfg.seed)
     if cfg.packing:
         try:
             check_packing(configs(model))
         except ValueError as exc:
             raise TrainingError(str(exc)) from exc
+    if cfg.eval_dataset:  # a held-out dataset of its own (LLaMA-Factory / HF eval_dataset); val_size is not used
+        train_ex = examples
+        val_ex, eval_stats = config_examples(cfg, tok, cfg.eval_dataset)
+        stats.notes += [f"eval_dataset: {', '.join(eval_stats.files)} ({len(val_ex)} examples)"]
+        if cfg.val_size:
+            stats.notes.append("val_size is not used: eval_dataset gives the evaluation data")
+    else:
+        train_ex, val_ex = split(examples, cfg.val_size, cfg.seed)
     rows = pack(train_ex, cfg.cutoff_len) if cfg.packing else to_rows(train_ex)
     stats.train, stats.val = len(train_ex), len(val_ex)
     stats.packed_rows = len(rows) if cfg.packing else None
@@ -181,17 +191,8 @@ def _setup(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) 
         )
     steps_per_epoch = len(rows) // (B * A * W)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    optimizer = make_optimizer(
-        model,
-        lr=cfg.learning_rate,
-        loraplus_ratio=loraplus_ratio(cfg),
-        loraplus_lr_embedding=cfg.loraplus_lr_embedding,
-        weight_decay=cfg.weight_decay,
-        optimizer=cfg.optim,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.lr_scheduler_type, cfg.warmup_for(total), total)
-    )
+    optimizer = build_optimizer(model, cfg, loraplus_ratio(cfg))
+    scheduler = build_scheduler(optimizer, cfg, total)
     runner: nn.Module = LossModule(model, cfg.loss_chunk_size)
     if info.enabled:
         runner = nn.parallel.DistributedDataParallel(
@@ -206,8 +207,22 @@ def _setup(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) 
         stats=stats, steps_per_epoch=steps_per_epoch, total=total, optimizer=optimizer, scheduler=scheduler,
         callbacks=callbacks_for(model, total) + extra_callbacks, runner=runner,
         params=[p for p in model.parameters() if p.requires_grad], log=MetricsLog(cfg.output_dir, info.is_main),
-        trainable=trainable, total_params=total_params,
+        trainable=trainable, total_params=total_params, tok=tok, tb=_tensorboard(cfg, info),
     )  # fmt: skip
+
+
+def _tensorboard(cfg: TrainConfig, info: distributed.DistInfo) -> Any:
+    """``report_to: tensorboard``: a SummaryWriter in ``logging_dir`` (default ``output_dir/runs``), rank 0 only.
+    metrics.jsonl stays the source of truth; the event files mirror its numbers."""
+    if "tensorboard" not in cfg.report_to or not info.is_main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise TrainingError(
+            "report_to: tensorboard needs the tensorboard package: pip install 'lorafam[tensorboard]'"
+        ) from exc
+    return SummaryWriter(log_dir=cfg.logging_dir or str(Path(cfg.output_dir) / "runs"))
 
 
 # -- phase 2: resume -----------------------------------------------------------------------------------------------
@@ -269,6 +284,7 @@ def _train_step(run: _Run, step: int, grows: list) -> StepResult:
     Each micro-batch contributes ``sum_nll × world / tokens_in_global_batch`` (DDP averages over ranks)."""
     from lorafam.data.dataset import collate
     from lorafam.train.loss import shifted_targets
+    from lorafam.train.schedule import steps_per_optimizer_step
 
     cfg, info = run.cfg, run.info
     B, W = cfg.per_device_train_batch_size, info.world
@@ -293,7 +309,7 @@ def _train_step(run: _Run, step: int, grows: list) -> StepResult:
         micro,
         loss_fn,
         run.callbacks,
-        scheduler=run.scheduler,
+        scheduler=run.scheduler if steps_per_optimizer_step(cfg) else None,
         max_grad_norm=cfg.max_grad_norm,
         params=run.params,
         regime=run.regime,
@@ -304,18 +320,37 @@ def _train_step(run: _Run, step: int, grows: list) -> StepResult:
 
 
 # -- phase 4: logging, evaluation and checkpoints ----------------------------------------------------------------
+def _due(strategy: str, every: int | None, done: int, run: _Run) -> bool:
+    """Whether an ``eval_strategy`` / ``save_strategy`` (HF: ``steps`` | ``epoch`` | ``no``) fires after ``done``."""
+    if strategy == "steps":
+        return bool(every) and done % every == 0  # type: ignore[operator]
+    if strategy == "epoch":
+        return done % run.steps_per_epoch == 0
+    return False
+
+
 def _after_step(run: _Run, done: int, result: StepResult, tps: float) -> None:
+    from lorafam.train.schedule import step_on_eval
+
     cfg = run.cfg
     if done % cfg.logging_steps == 0 or done == run.total:
         _log_step(run, done, result, tps)
-    if run.val_rows and cfg.eval_steps and (done % cfg.eval_steps == 0 or done == run.total):
+    evaluating = cfg.effective_eval_strategy
+    if run.val_rows and evaluating != "no" and (_due(evaluating, cfg.eval_steps, done, run) or done == run.total):
         eval_loss, ppl = _evaluate(run)
         run.eval_curve.append((done, eval_loss))
         run.log.write({"current_steps": done, "total_steps": run.total, "eval_loss": eval_loss, "eval_ppl": ppl})
+        run.log_history.append({"eval_loss": eval_loss, "eval_perplexity": ppl,
+                                "epoch": round(done / run.steps_per_epoch, 4), "step": done})  # fmt: skip
+        if run.tb is not None:
+            run.tb.add_scalar("eval/loss", eval_loss, done)
+            run.tb.add_scalar("eval/perplexity", ppl, done)
         run.console.print(f"step {done}: eval_loss {eval_loss:.4f}  ppl {ppl:.2f}")
-    if cfg.save_steps and done % cfg.save_steps == 0 and done < run.total:
+        step_on_eval(run.scheduler, cfg, eval_loss)
+    if _due(cfg.save_strategy, cfg.save_steps, done, run) and done < run.total:
         run.last_ckpt = _save(cfg, run.info, run.out, done, run.model, run.optimizer, run.scheduler, run.callbacks,
-                              run.tokens_seen, run.loss_curve, run.eval_curve, run.steps_per_epoch)  # fmt: skip
+                              run.tokens_seen, run.loss_curve, run.eval_curve, run.steps_per_epoch,
+                              run.log_history, run.total)  # fmt: skip
 
 
 def _log_step(run: _Run, done: int, result: StepResult, tps: float) -> None:
@@ -340,6 +375,11 @@ def _log_step(run: _Run, done: int, result: StepResult, tps: float) -> None:
     for cb in run.callbacks:
         row.update(cb.logs())
     run.log.write(row)
+    run.log_history.append({"loss": row["loss"], "grad_norm": row["grad_norm"], "learning_rate": row["lr"],
+                            "epoch": row["epoch"], "step": done})  # fmt: skip
+    if run.tb is not None:
+        for key in ("loss", "grad_norm", "lr", "tokens_per_second"):
+            run.tb.add_scalar(f"train/{'learning_rate' if key == 'lr' else key}", row[key], done)
     run.window = []
 
 
@@ -368,16 +408,35 @@ def _evaluate(run: _Run) -> tuple[float, float]:
 
 # -- phase 5: finish -----------------------------------------------------------------------------------------------
 def _finish(run: _Run) -> TrainResult:
-    """Save the adapter, the CSV and the loss plot (rank 0), then report."""
-    from lorafam.core.checkpoint import save_adapter
-
-    out, info = run.out, run.info
+    """Write the result in Hugging Face Trainer's layout (rank 0): the adapter's ``adapter_config.json`` +
+    ``adapter_model.safetensors`` (or, for ``method: full`` / ``freeze``, the whole model and tokenizer) at the
+    ``output_dir`` root, ``trainer_state.json`` (``log_history``, ``global_step``, ``max_steps``) and
+    ``train_results.json`` (HF's field names, with lorafam's own beside them); then the CSV and the loss plot."""
+    out, info, cfg = run.out, run.info, run.cfg
     adapter_dir = None
+    seconds = time.perf_counter() - run.t_start
+    steps_run = run.total - run.start
+    samples = steps_run * run.global_batch
+    train_loss = sum(v for _, v in run.loss_curve) / max(1, len(run.loss_curve))
+    epoch = round(run.total / run.steps_per_epoch, 4)
     if info.is_main:
-        adapter_dir = str(save_adapter(run.model, out / "adapter"))
+        _save_final(run)
+        adapter_dir = str(out)
+        run.log_history.append({"train_runtime": round(seconds, 4), "train_loss": train_loss, "epoch": epoch,
+                                "step": run.total})  # fmt: skip
+        state = {
+            "global_step": run.total, "max_steps": run.total, "epoch": epoch,
+            "num_train_epochs": math.ceil(run.total / run.steps_per_epoch), "logging_steps": cfg.logging_steps,
+            "eval_steps": cfg.eval_steps, "save_steps": cfg.save_steps,
+            "train_batch_size": cfg.per_device_train_batch_size, "is_world_process_zero": True,
+            "log_history": run.log_history,
+        }  # fmt: skip
+        (out / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
         run.log.write_csv()
-        if run.cfg.plot_loss:
+        if cfg.plot_loss:
             plot_loss(run.log.rows(), out / "loss.png")
+        if run.tb is not None:
+            run.tb.close()
     distributed.barrier(info)
     timed = run.step_times[1:] if len(run.step_times) > 1 else run.step_times
     result = TrainResult(
@@ -395,9 +454,45 @@ def _finish(run: _Run) -> TrainResult:
         data=asdict(run.stats),
     )
     if info.is_main:
-        (out / "train_results.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+        hf = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_runtime": round(seconds, 4),
+            "train_samples_per_second": round(samples / max(seconds, 1e-9), 3),
+            "train_steps_per_second": round(steps_run / max(seconds, 1e-9), 3),
+            "total_flos": 0,  # not counted here (HF counts 6 · params · tokens); kept for tools that read it
+        }
+        if run.eval_curve:
+            hf["eval_loss"] = run.eval_curve[-1][1]
+        (out / "train_results.json").write_text(json.dumps({**hf, **asdict(result)}, indent=2) + "\n")
+        what = "model" if not cfg.is_adapter_method else "adapter"
         run.console.print(
             f"done: {run.total} steps, final loss {result.final_loss:.4f}, {result.seconds_per_step:.2f} s/step, "
-            f"{result.tokens_per_second:,.0f} tokens/s; adapter → {adapter_dir}"
+            f"{result.tokens_per_second:,.0f} tokens/s; {what} → {adapter_dir}"
         )
     return result
+
+
+def _save_final(run: _Run) -> None:
+    """The final adapter (or model) files at the ``output_dir`` root, each file replaced atomically."""
+    import os
+    import shutil
+
+    from lorafam.core.checkpoint import atomic_write_dir, save_adapter
+
+    out = run.out
+    tmp = out / ".final-tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if run.cfg.is_adapter_method:
+        save_adapter(run.model, tmp)
+    else:
+
+        def write(d: Path) -> None:
+            run.model.save_pretrained(d, safe_serialization=True)
+            run.tok.save_pretrained(d)
+
+        atomic_write_dir(tmp, write)
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    tmp.rmdir()

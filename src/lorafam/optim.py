@@ -9,10 +9,14 @@ Groups are built from each adapter's ``param_roles()`` — never from parameter-
 |-----------------------------|------------------------------|--------------|
 | ``a`` and other 2-D params  | lr                           | weight_decay |
 | ``b``                       | lr · ratio                   | weight_decay |
-| ``magnitude`` / 1-D params  | lr · ratio  (as PEFT does)   | 0            |
+| ``magnitude`` (DoRA's m)    | lr · ratio  (as PEFT does)   | weight_decay (PEFT's ``loraplus_weight_decay``) |
+| other 1-D params            | lr · ratio  (as PEFT does)   | 0            |
 | ``embedding``               | loraplus_lr_embedding        | weight_decay |
 
-Without a ratio every trainable parameter gets ``lr`` (1-D parameters still skip weight decay).
+PEFT's ``create_loraplus_optimizer`` decays every parameter that is not a bias or inside a LayerNorm, so DoRA's
+magnitude vector (1-D, neither) is decayed there too. Without a ratio every trainable parameter gets ``lr``
+(1-D parameters skip weight decay). A ratio on a model with no ``b`` factor (Quantum-PEFT) is refused: it would
+change nothing.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ def param_groups(
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        if role in _B_ROLES:
+        if role in _B_ROLES or (role in _ONE_D_ROLES and loraplus_ratio is not None):
             groups["b"]["params"].append(p)
         elif role in _ONE_D_ROLES or p.ndim < 2:
             groups["b_no_decay" if loraplus_ratio is not None else "no_decay"]["params"].append(p)
@@ -71,6 +75,12 @@ def param_groups(
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
             groups["a" if p.ndim >= 2 else "no_decay"]["params"].append(p)
+    if loraplus_ratio is not None and not any(role in _B_ROLES for _, p, role, _ in named_adapter_params(model)):
+        raise ValueError(
+            "'loraplus_ratio' is set but no adapter on this model has a B factor (parameter role 'b'), so LoRA+ "
+            "would change nothing; it applies to LoRA, rsLoRA, QLoRA, DoRA, AdaLoRA, LongLoRA, aLoRA and mixtures "
+            "of them, not to Quantum-PEFT"
+        )
     out = [{"name": k, **g} for k, g in groups.items() if g["params"]]
     if not out:
         raise ValueError("the model has no trainable parameters; attach an adapter first (lf.attach)")

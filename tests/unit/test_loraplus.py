@@ -34,8 +34,7 @@ def test_groups_use_roles_not_names():
     g = _groups(lf.make_optimizer(model, lr=1e-3, loraplus_ratio=4))
     assert any(p is ad.lora_B for p in g["a"]["params"])
     assert any(p is ad.lora_A for p in g["b"]["params"])
-    assert any(p is ad.lora_magnitude_vector for p in g["b_no_decay"]["params"])  # PEFT: 1-D params take B's lr
-    assert g["b_no_decay"]["weight_decay"] == 0.0
+    assert any(p is ad.lora_magnitude_vector for p in g["b"]["params"])  # PEFT: B's lr and loraplus_weight_decay
 
 
 def test_without_ratio_everything_gets_lr_and_peft_agrees():

@@ -106,8 +106,8 @@ class LoraConfig(AdapterConfig):
         """(rank, alpha) for one module, honouring ``rank_pattern`` / ``alpha_pattern``."""
 
         def lookup(pattern: dict[str, Any], default: Any) -> Any:
-            for key, value in pattern.items():
-                if re.match(rf"(.*\.)?{key}$", path):
+            for key, value in pattern.items():  # PEFT's get_pattern_key: the key is one group, so "q|v" works
+                if re.match(rf"(.*\.)?({key})$", path):
                     return value
             return default
 

@@ -229,9 +229,10 @@ class TrainConfig(BaseModel):
             raise ValueError("'warmup_steps' and 'warmup_ratio' are both set; set only one of them")
         if self.use_dora and self.method not in ("lora", "dora"):
             raise ValueError(f"'use_dora' is only valid with method: lora (got method: {self.method})")
-        if self.loraplus_lr_ratio is not None and self.method not in ("lora", "loraplus", "rslora", "qlora"):
+        if self.loraplus_lr_ratio is not None and self.method in ("quantum", *FULL_METHODS):
             raise ValueError(
-                f"'loraplus_lr_ratio' is a LoRA+ option for LoRA-style members, not for method: {self.method}"
+                f"'loraplus_lr_ratio' needs an adapter with a B factor (LoRA, DoRA, AdaLoRA, LongLoRA, aLoRA, "
+                f"MoPEFT...), not method: {self.method}"
             )
         if self.method in FULL_METHODS and (self.quantization_bit or self.adapter_name_or_path):
             key = "quantization_bit" if self.quantization_bit else "adapter_name_or_path"

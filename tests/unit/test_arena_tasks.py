@@ -91,7 +91,7 @@ def test_plan_uses_the_registry_and_validates_names(monkeypatch) -> None:
     members = {e.member for e in exps if e.impl == "lorafam"}
     assert members == set(fam.MEMBERS)
     assert {"base", "full"} <= {e.impl for e in exps}
-    assert all(e.task == "add3" and e.seed == 0 for e in exps)
+    assert all(e.task == "dates" and e.seed == 0 for e in exps)
     # a member added to the registry later appears with no change in the arena
     new = fam.FamilyMember(
         name="newbie",
@@ -118,21 +118,32 @@ def test_plan_uses_the_registry_and_validates_names(monkeypatch) -> None:
 def test_settings_resolution_order() -> None:
     spec = load_spec()
     s = resolve_settings(spec, "standard", "kv", "full-ft")
-    assert s["eval_items"] == spec["budgets"]["standard"]["eval_items"]
-    assert s["steps"] == spec["budgets"]["standard"]["task_overrides"]["kv"]["steps"]  # the budget's per-task
     assert s["batch_size"] == spec["task_overrides"]["kv"]["batch_size"]
     assert s["lr"] == spec["member_overrides"]["full-ft"]["lr"]
-    assert "task_overrides" not in s and "peer_tasks" not in s  # plan keys are not run settings
+    s = resolve_settings(spec, "standard", "mix", "mopeft")
+    assert s["eval_items"] == spec["budgets"]["standard"]["task_overrides"]["mix"]["eval_items"]  # per task
+    assert s["config_overrides"] == {"experts": ["lora", "dora"]}  # member override
+    assert "task_overrides" not in s and "groups" not in s  # plan keys are not run settings
 
 
-def test_standard_plan_peers_and_probes() -> None:
+def test_standard_plan_groups_peers_and_probes() -> None:
     exps = plan(load_spec(), "standard")
-    peers = [e for e in exps if e.impl in ("peft", "full")]
-    assert peers and {(e.task, e.seed) for e in peers} == {("add3", 0)}
-    assert [(e.task, e.seed) for e in exps if e.impl == "base"] == [("add3", 0), ("json", 0), ("kv", 0)]
+    ids = [e.run_id for e in exps]
+    assert len(ids) == len(set(ids))  # a run named by two groups runs once
+    assert {e.run_id for e in exps if e.impl in ("peft", "full")} == {
+        "peft--lora--dates--s0",
+        "full--full-ft--dates--s0",
+    }
+    assert [(e.task, e.seed) for e in exps if e.impl == "base"] == [("dates", 0), ("recall", 0), ("mix", 0)]
+    seeds = {(e.member, e.seed) for e in exps if e.task == "dates" and e.impl == "lorafam"}
+    assert {(m, s) for m in ("lora", "adalora", "loraplus") for s in (0, 1, 2)} <= seeds
+    assert {e.member for e in exps if e.task == "recall"} == {"base", "lora", "longlora"}
     # seed-independent probes on seed 0 only; forgetting everywhere
     assert {e.settings["probes"] for e in exps if e.seed == 1} == {"forgetting"}
     assert all(e.settings["probes"] is True for e in exps if e.seed == 0)
+    # the command line filters a grouped plan
+    only = plan(load_spec(), "standard", members=["lora"], tasks=["dates"])
+    assert {e.run_id for e in only} == {f"lorafam--lora--dates--s{s}" for s in (0, 1, 2)}
 
 
 def test_bad_spec_file(tmp_path) -> None:

@@ -14,7 +14,6 @@ for all four, so their ratios compare methods, not harnesses.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -55,32 +54,24 @@ def load_base(settings: dict[str, Any], device: torch.device) -> tuple[nn.Module
     if name == "tiny-gpt2":
         return lf.tiny_gpt2(seed=0).to(device), ByteFormatter()
     path = None if name == "default" else name
-    return lf.load_model(path, device=device), ChatFormatter(lf.load_tokenizer(path))
+    system = settings.get("system_prompt")  # "" = an empty system turn: 17 fewer tokens per item than the default
+    return lf.load_model(path, device=device), ChatFormatter(lf.load_tokenizer(path), system)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 def member_config(member_name: str, settings: dict[str, Any], formatter: Any, steps: int) -> Any:
-    """The member's config from the registry with the arena's common fields; fields some members need are filled
-    generically by name (``total_step`` ← steps; an invocation sequence ← the assistant header)."""
-    from lorafam.family import MEMBERS, METHODS
+    """The member's config from the registry with the arena's common fields (rank, alpha, dropout, targets: the
+    same for every member that has them and does not preset them) and ``config_overrides``; facts of the run
+    (steps → AdaLoRA's ``total_step``, the assistant header → aLoRA's invocation) through ``RunFacts``."""
+    from lorafam.family import MEMBERS, METHODS, RunFacts
 
     m = MEMBERS[member_name]
-    cls = METHODS[m.method].config_cls
-    names = {f.name for f in dataclasses.fields(cls)}
-    kw: dict[str, Any] = {}
-    for key in ("rank", "alpha", "dropout", "targets"):
-        if key in names and key not in m.preset:
-            kw[key] = settings[key]
-    if "total_step" in names and "total_step" not in m.preset:
-        kw["total_step"] = steps
-    if (
-        "invocation_tokens" in names
-        and not m.preset.get("invocation_tokens")
-        and not m.preset.get("invocation_string")
-    ):
-        kw["invocation_tokens"] = list(formatter.assistant_header)
+    names = set(METHODS[m.method].config_cls.field_names())
+    kw: dict[str, Any] = {k: settings[k] for k in ("rank", "alpha", "dropout", "targets") if k in names}
+    kw = {k: v for k, v in kw.items() if k not in m.preset}
     kw.update(settings.get("config_overrides") or {})
-    return m.make_config(**kw)
+    run = RunFacts(total_steps=steps, assistant_header=list(formatter.assistant_header))
+    return m.make_config(kw, run=run, where=f"arena member {member_name}")
 
 
 def build(
@@ -153,47 +144,60 @@ def train(
     device: torch.device,
     on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """The shared loop: linear warm-up then constant lr, grad clipping, member callbacks; returns timings."""
+    """The shared loop: linear warm-up then constant lr, grad clipping, member callbacks; returns timings.
+
+    Each step is :func:`lorafam.train.step.optimizer_step` (the order of the callback hooks is written there once,
+    the same as the trainer's). ``on_step(step, loss)`` runs after each step (the worker evaluates curve points
+    there, in eval mode, outside the timed training).
+    """
+    from lorafam.train.step import optimizer_step
+
     model, opt = built.model, built.optimizer
     assert opt is not None
     model.train()
     base_lrs = [g["lr"] for g in opt.param_groups]
     params = [p for g in opt.param_groups for p in g["params"]]
     warm = max(int(settings.get("warmup_steps", 0)), 0)
-    for cb in built.callbacks:
+    callbacks = list(built.callbacks)
+    if built.after_backward is not None:
+        callbacks.append(_AfterStep(built.after_backward))
+    for cb in callbacks:
         cb.on_train_begin(model, len(batches))
     curve: list[list[float]] = []
     example_losses: list[list[float]] = []
     tokens = 0
+    clip = float(settings["clip"]) if settings.get("clip") else None
+
+    def loss_fn(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, per_example = answer_losses(model, batch)
+        example_losses.append(per_example)
+        return loss, loss.detach()
+
     start = time.perf_counter()
+    paused = 0.0
     for step, batch in enumerate(batches, 1):
         scale = min(1.0, step / warm) if warm else 1.0
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * scale
         batch = {k: v.to(device) for k, v in batch.items()}
-        with regime(settings, device):
-            loss, per_example = answer_losses(model, batch)
-            for cb in built.callbacks:
-                extra = cb.extra_loss(model)
-                if extra is not None:
-                    loss = loss + extra
-        loss.backward()
-        for cb in built.callbacks:
-            cb.on_after_backward(step, model)
-        if settings.get("clip"):
-            torch.nn.utils.clip_grad_norm_(params, float(settings["clip"]))
-        opt.step()
-        for cb in built.callbacks:
-            cb.on_optimizer_step(step, model)
-        if built.after_backward is not None:
-            built.after_backward(step)
-        opt.zero_grad(set_to_none=True)
+        result = optimizer_step(
+            step,
+            model,
+            opt,
+            [batch],
+            loss_fn,
+            callbacks,
+            max_grad_norm=clip,
+            params=params,
+            regime=lambda: regime(settings, device),
+        )
         tokens += int(batch["attention_mask"].sum())
-        curve.append([step, float(loss.detach())])
-        example_losses.append(per_example)
+        curve.append([step, result.loss + result.extra])
         if on_step is not None:
+            t0 = time.perf_counter()
             on_step(step, curve[-1][1])
-    seconds = time.perf_counter() - start
+            paused += time.perf_counter() - t0
+    seconds = time.perf_counter() - start - paused
     model.eval()
     n = max(len(batches), 1)
     return {
@@ -203,6 +207,26 @@ def train(
         "seconds_per_step": seconds / n,
         "tokens_per_second": tokens / seconds if seconds > 0 else None,
     }
+
+
+class _AfterStep:
+    """A step hook given as a function (PEFT AdaLoRA's ``update_and_allocate``), run where PEFT documents it: after
+    ``optimizer.step()``, before ``zero_grad()``."""
+
+    def __init__(self, fn: Callable[[int], None]) -> None:
+        self.fn = fn
+
+    def on_train_begin(self, model: nn.Module, total_steps: int) -> None:
+        return None
+
+    def extra_loss(self, model: nn.Module) -> None:
+        return None
+
+    def on_after_backward(self, step: int, model: nn.Module) -> None:
+        return None
+
+    def on_optimizer_step(self, step: int, model: nn.Module) -> None:
+        self.fn(step)
 
 
 def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

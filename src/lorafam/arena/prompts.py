@@ -51,8 +51,9 @@ class ChatFormatter:
     The answer ids are the assistant reply plus the end-of-turn token, which is also the stop token.
     """
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Any, system: str | None = None):
         self.tok = tokenizer
+        self.system = system  # None: the template's own default system turn (SmolLM2 writes a 17-token one)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
         probe = self._prompt_text("x")
@@ -63,14 +64,17 @@ class ChatFormatter:
         tail = (header.split(marker)[-1] if marker and marker in header else header).lstrip()
         self.assistant_header = tokenizer.encode(tail, add_special_tokens=False)
 
+    def _turns(self, prompt: str) -> list[dict[str, str]]:
+        head = [] if self.system is None else [{"role": "system", "content": self.system}]
+        return [*head, {"role": "user", "content": prompt}]
+
     def _prompt_text(self, prompt: str) -> str:
-        msgs = [{"role": "user", "content": prompt}]
-        return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return self.tok.apply_chat_template(self._turns(prompt), tokenize=False, add_generation_prompt=True)
 
     def encode(self, ex: Example) -> Encoded:
         ptext = self._prompt_text(ex.prompt)
         full = self.tok.apply_chat_template(
-            [{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.answer}], tokenize=False
+            [*self._turns(ex.prompt), {"role": "assistant", "content": ex.answer}], tokenize=False
         )
         if not full.startswith(ptext):
             raise ValueError("the chat template renders the prompt differently with and without the answer")

@@ -24,7 +24,17 @@ IMPLS = ("lorafam", "peft", "full", "base")
 FULL_FT = "full-ft"
 BASE = "base"
 # budget keys that shape the plan (or are applied per task) rather than being run settings themselves
-BUDGET_ONLY = ("tasks", "seeds", "peer_seeds", "peer_members", "peer_tasks", "probe_seeds", "task_overrides")
+BUDGET_ONLY = (
+    "tasks",
+    "seeds",
+    "peer_seeds",
+    "peer_members",
+    "peer_tasks",
+    "probe_seeds",
+    "task_overrides",
+    "groups",
+)
+GROUP_KEYS = {"tasks", "seeds", "members", "peft"}
 _TOP_KEYS = {"defaults", "peers", "member_overrides", "task_overrides", "budgets", "tasks"}
 
 
@@ -114,7 +124,12 @@ def load_spec(path: str | Path | None = None) -> dict[str, Any]:
         _check_keys(p, where, budget, settings | set(BUDGET_ONLY))
         for task, over in ((budget or {}).get("task_overrides") or {}).items():
             _check_keys(p, f"{where}.task_overrides.{task}", over, settings)
-    return _merge(spec, user)
+    merged = _merge(spec, user)
+    for name, budget in (user.get("budgets") or {}).items():
+        # a budget the user writes with tasks/seeds (no groups) replaces the default's groups
+        if isinstance(budget, dict) and ("tasks" in budget or "seeds" in budget) and "groups" not in budget:
+            merged["budgets"][name].pop("groups", None)
+    return merged
 
 
 def _check_keys(path: Path, where: str, section: Any, valid: set[str]) -> None:
@@ -166,6 +181,8 @@ def plan(
         if m not in MEMBERS and m not in extra:
             valid = all_members + extra
             raise ValueError(f"unknown member {m!r}.{closest(m, valid)} Valid members: {', '.join(valid)}")
+    if b.get("groups"):
+        return _plan_groups(spec, budget, b["groups"], chosen if members else None, tasks, seeds, peers)
     task_names = list(tasks) if tasks else list(b.get("tasks") or ["add3"])
     for t in task_names:
         make_task(t, spec.get("tasks"))
@@ -203,6 +220,84 @@ def plan(
                         out[-1].settings["skip_reason"] = why
             if peers and p.get("full_ft", True) and (not members or FULL_FT in chosen) and peer_here:
                 add("full", FULL_FT)
+    return out
+
+
+def _plan_groups(
+    spec: dict[str, Any],
+    budget: str,
+    groups: list[dict[str, Any]],
+    members: list[str] | None,
+    tasks: list[str] | None,
+    seeds: list[int] | None,
+    peers: bool,
+) -> list[Experiment]:
+    """A budget written as groups of runs, each ``{tasks, seeds, members, peft}``: ``members`` (default: every
+    family member, ``base`` and ``full-ft``) may name ``base`` and ``full-ft``; ``peft`` lists the members whose
+    PEFT peer runs too (``true``: every member PEFT has). The base runs once per task (first seed it appears
+    with). ``--members/--tasks/--seeds`` filter the result; a run named by two groups runs once."""
+    from lorafam.family import MEMBERS
+
+    out: list[Experiment] = []
+    seen: set[str] = set()
+    based: set[str] = set()
+    probe_seeds = spec["budgets"][budget].get("probe_seeds")
+    for i, g in enumerate(groups):
+        where = f"budgets.{budget}.groups[{i}]"
+        if not isinstance(g, dict):
+            raise ValueError(f"arena spec: {where} must be a mapping with keys {sorted(GROUP_KEYS)}")
+        bad = set(g) - GROUP_KEYS
+        if bad:
+            k = sorted(bad)[0]
+            raise ValueError(
+                f"arena spec: unknown key {where}.{k}.{closest(k, sorted(GROUP_KEYS))} Valid: {sorted(GROUP_KEYS)}"
+            )
+        g_members = list(g.get("members") or [*member_names(spec), BASE, FULL_FT])
+        for m in g_members:
+            if m not in MEMBERS and m not in (BASE, FULL_FT):
+                valid = [*member_names(spec), BASE, FULL_FT]
+                raise ValueError(
+                    f"{where}: unknown member {m!r}.{closest(m, valid)} Valid members: {', '.join(valid)}"
+                )
+        peft = g.get("peft") or []
+        peft_set = {m for m in g_members if m in MEMBERS and MEMBERS[m].in_peft} if peft is True else set(peft)
+        for task in g.get("tasks") or ["dates"]:
+            make_task(task, spec.get("tasks"))
+            if tasks and task not in tasks:
+                continue
+            for seed in g.get("seeds") or [0]:
+                if seeds is not None and seed not in seeds:
+                    continue
+
+                def add(impl: str, member: str, task: str = task, seed: int = seed) -> None:
+                    exp_settings = resolve_settings(spec, budget, task, member)
+                    if (
+                        probe_seeds is not None
+                        and seed not in probe_seeds
+                        and exp_settings.get("probes", True) is True
+                    ):
+                        exp_settings["probes"] = "forgetting"
+                    e = Experiment(impl, member, task, seed, budget, exp_settings)
+                    if e.run_id not in seen:
+                        seen.add(e.run_id)
+                        out.append(e)
+
+                if peers and BASE in g_members and task not in based and (not members or BASE in members):
+                    based.add(task)
+                    add("base", BASE)
+                for m in member_names(spec):
+                    if m not in g_members or (members and m not in members):
+                        continue
+                    add("lorafam", m)
+                    if peers and m in peft_set and _has_peft() and (spec.get("peers") or {}).get("peft", True):
+                        add("peft", m)
+                        why = _peer_unavailable(MEMBERS[m])
+                        if why:
+                            out[-1].settings["skip_reason"] = why
+                if peers and FULL_FT in g_members and (not members or FULL_FT in members):
+                    add("full", FULL_FT)
+    if not out:
+        raise ValueError(f"budget {budget!r}: the filters leave nothing to run")
     return out
 
 

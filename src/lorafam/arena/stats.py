@@ -235,4 +235,94 @@ def steps_ratio_interval(
         "unreached": unreached,
         "steps": steps,
         "batch": batch,
+        "_reps": reps,
     }
+
+
+def pooled_steps_ratio(
+    pairs: Sequence[tuple[Sequence[Sequence[float]], Sequence[Sequence[float]]]],
+    n_boot: int = B_DEFAULT,
+    seed: int = SEED,
+    beta: float = 0.8,
+) -> dict[str, float | int | None]:
+    """:func:`steps_ratio_interval` over several seeds: each replicate averages the per-seed ratios (every seed
+    resampled on its own), so the interval carries the seed-to-seed spread too."""
+    if not pairs:
+        raise ValueError("no paired loss curves")
+    per = [steps_ratio_interval(r, c, n_boot, seed + k, beta) for k, (r, c) in enumerate(pairs)]
+    if len(per) == 1:
+        return {**per[0], "seeds": 1, "per_seed": [per[0]["estimate"]]}
+    rng = np.random.default_rng(seed)
+    reps = []
+    for k in range(n_boot):
+        draws = rng.integers(0, len(pairs), size=len(pairs))
+        vals = []
+        for d in draws:
+            sub = per[d]
+            # a replicate of that seed's ratio: approximate by drawing within its interval's replicates
+            vals.append(sub["_reps"][k % len(sub["_reps"])])
+        reps.append(float(np.mean(vals)))
+    ests = [p["estimate"] for p in per]
+    lo, hi = np.quantile(np.asarray(reps), [0.025, 0.975])
+    return {
+        "estimate": float(np.mean([e if e is not None else 0.0 for e in ests])),
+        "low": float(lo),
+        "high": float(hi),
+        "replicates": n_boot,
+        "unreached": int(sum(p["unreached"] for p in per)),
+        "steps": per[0]["steps"],
+        "batch": per[0]["batch"],
+        "seeds": len(pairs),
+        "per_seed": ests,
+    }
+
+
+def spread_ratio_interval(
+    a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], n_boot: int = B_DEFAULT, seed: int = SEED
+) -> Interval | None:
+    """Seed-to-seed standard deviation of the mean of ``a`` over that of ``b`` (seeds × items, the same seeds and
+    items), with a bootstrap interval resampling seeds and items together. None with fewer than 3 seeds. With
+    few seeds the interval is wide (and a bootstrap over 3 seeds understates it): read it as a lower bound on the
+    uncertainty."""
+    da, db = _as_matrix(a), _as_matrix(b)
+    if da.shape != db.shape or da.shape[0] < 3:
+        return None
+    seeds, items = da.shape
+
+    def ratio(ma: np.ndarray, mb: np.ndarray) -> float | None:
+        sa, sb = float(np.std(ma, ddof=1)), float(np.std(mb, ddof=1))
+        return None if sb <= 1e-12 else sa / sb
+
+    est = ratio(da.mean(1), db.mean(1))
+    if est is None:
+        return None
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_boot):
+        s_idx = rng.integers(0, seeds, size=seeds)
+        i_idx = rng.integers(0, items, size=items)
+        v = ratio(da[s_idx][:, i_idx].mean(1), db[s_idx][:, i_idx].mean(1))
+        if v is not None:
+            reps.append(v)
+    if not reps:
+        return None
+    lo, hi = np.quantile(np.asarray(reps), [0.025, 0.975])
+    return Interval(est, float(lo), float(hi), items, seeds)
+
+
+def unpaired_difference(
+    a: Sequence[float], b: Sequence[float], n_boot: int = B_DEFAULT, seed: int = SEED
+) -> Interval:
+    """mean(a) − mean(b) for two different sets of items (each resampled on its own)."""
+    va, vb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if va.size == 0 or vb.size == 0:
+        raise ValueError("unpaired difference needs items on both sides")
+    rng = np.random.default_rng(seed)
+    reps = np.array(
+        [
+            va[rng.integers(0, va.size, va.size)].mean() - vb[rng.integers(0, vb.size, vb.size)].mean()
+            for _ in range(n_boot)
+        ]
+    )
+    lo, hi = np.quantile(reps, [0.025, 0.975])
+    return Interval(float(va.mean() - vb.mean()), float(lo), float(hi), int(min(va.size, vb.size)))

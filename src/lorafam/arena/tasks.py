@@ -288,7 +288,7 @@ def _dates(rng: random.Random) -> Example:
     y, mi = rng.randint(1950, 2049), rng.randrange(12)
     d = rng.randint(1, _DAYS[mi])
     text = rng.choice(_DATE_STYLES).format(d=d, m=_MONTHS[mi], y=y)
-    prompt = f"Write the date {text} as YYYY-MM-DD. Reply with only the date."
+    prompt = f"Convert {text} to YYYY-MM-DD."
     gold = f"{y:04d}-{mi + 1:02d}-{d:02d}"
     return Example(prompt, gold, gold)
 
@@ -311,7 +311,7 @@ _FILLER = [
 ]
 
 
-def _recall(rng: random.Random, lines: int = 8) -> Example:
+def _recall(rng: random.Random, lines: int = 6) -> Example:
     """Long-range recall: a code word on the first line, ``lines`` filler sentences that name other words, then the
     question. The code word sits at the start, the question at the end: with S²-Attn's groups of ¼ of the
     sequence, the answer tokens cannot see the code word during LongLoRA's training."""
@@ -323,6 +323,20 @@ def _recall(rng: random.Random, lines: int = 8) -> Example:
         "Reply with only the word."
     )
     return Example(prompt, code, f"{code}|{'-'.join(others)}")
+
+
+def _mix(rng: random.Random) -> Example:
+    """Half dates, half json (strict strings): the mixture-routing task. The key says which part an item is from
+    (``dates:…`` / ``json:…``), so the report can split the router's gates per part."""
+    part, make = ("dates", _dates) if rng.random() < 0.5 else ("json", _json)
+    ex = make(rng)
+    return Example(ex.prompt, ex.answer, f"{part}:{ex.key}")
+
+
+def mix_part(key: str) -> str | None:
+    """The part ("dates" / "json") of a ``mix`` item key, else None."""
+    head, sep, _ = key.partition(":")
+    return head if sep and head in ("dates", "json") else None
 
 
 def builtin_tasks() -> dict[str, Task]:
@@ -342,8 +356,16 @@ def builtin_tasks() -> dict[str, Task]:
             "exact",
             6,
             _recall,
-            description="a code word on the first line, eight filler sentences naming other words, then the "
+            description="a code word on the first line, six filler sentences naming other words, then the "
             "question: the answer is > 1 S²-Attn group away from the question",
+        ),
+        "mix": Task(
+            "mix",
+            "two tasks in one",
+            "exact",
+            40,
+            _mix,
+            description="dates and json items mixed half and half (strict strings): how a router splits inputs",
         ),
         "add3": Task(
             "add3", "arithmetic", "number", 6, _add3, description="sum of two 3-digit numbers, answer only"

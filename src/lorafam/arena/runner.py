@@ -66,6 +66,16 @@ def is_done(path: Path, exp: Experiment, env_key: str) -> tuple[bool, bool]:
     return r.run_info.status in ("ok", "skipped") and r.run_info.spec_hash == exp.spec_hash, False
 
 
+def reusable(root: Path, budget: str, exp: Experiment, env_key: str) -> Path | None:
+    """An ok result of the same run (same settings hash, lorafam version and machine) in another budget's folder
+    under ``root``: the standard budget reuses the runs ``make main`` (quick) already did with the same settings."""
+    for other in sorted(p for p in root.iterdir() if p.is_dir() and p.name != budget):
+        cand = other / f"{exp.run_id}.json"
+        if cand.is_file() and is_done(cand, exp, env_key) == (True, False):
+            return cand
+    return None
+
+
 def run_arena(
     experiments: list[Experiment],
     results_dir: str | Path,
@@ -129,6 +139,16 @@ def run_arena(
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(path), dest)
                 outcome.kept_apart.append(exp.run_id)
+            source = reusable(root, budget, exp, env_key)
+            if source is not None:  # the same run (same settings, version, machine) done under another budget
+                result = read_result(source)
+                result.run_info.budget = budget
+                result.train_info.extra["reused_from"] = f"{source.parent.name}/{source.name}"
+                write_result(path, result)
+                outcome.skipped.append(exp.run_id)
+                bar.update(task, completed=i + 1)
+                say(f"[{i + 1}/{len(experiments)}] {exp.run_id}: reused from {source.parent.name}/")
+                continue
             bar.update(task, description=f"{exp.run_id} ({i + 1}/{len(experiments)})")
 
             def advance(frac: float, i: int = i) -> None:

@@ -238,6 +238,13 @@ def _plan_groups(
     with). ``--members/--tasks/--seeds`` filter the result; a run named by two groups runs once."""
     from lorafam.family import MEMBERS
 
+    for t in tasks or []:
+        make_task(t, spec.get("tasks"))  # an unknown task on the command line is named, with the valid ones
+    if tasks:  # --tasks also runs a task no group names, with the first group's members and seeds
+        named = {t for g in groups if isinstance(g, dict) for t in g.get("tasks") or ["dates"]}
+        extra = [t for t in tasks if t not in named]
+        if extra and groups:
+            groups = [*groups, {**groups[0], "tasks": extra}]
     out: list[Experiment] = []
     seen: set[str] = set()
     based: set[str] = set()

@@ -80,10 +80,14 @@ def test_dora_dropout_training_path_matches_equation():
     torch.manual_seed(5)
     got = model(x)
     torch.manual_seed(5)
-    xd = ad.drop(x)
-    w0, b0 = layer.base_layer.weight, layer.base_layer.bias
-    g = ad.lora_magnitude_vector / ad.weight_norm(layer.base_layer)
-    expected = x @ w0.T + b0 + (g - 1) * (xd @ w0.T) + g * (2.0 * (xd @ ad.lora_A.T @ ad.lora_B.T))
+    xd = torch.nn.functional.dropout(x, p=0.5, training=True)  # the same mask, drawn without the code under test
+    with torch.no_grad():
+        w0, b0 = layer.base_layer.weight, layer.base_layer.bias
+        a, b, m = ad.lora_A, ad.lora_B, ad.lora_magnitude_vector
+        v = w0 + 2.0 * (b @ a)  # W0 + s·BA formed explicitly (s = 8 / 4)
+        g = m / torch.sqrt((v**2).sum(dim=1))  # m / ‖W0 + s·BA‖_c, row by row
+        expected = x @ w0.T + b0 + (g - 1) * (xd @ w0.T) + g * (2.0 * (xd @ a.T @ b.T))
+        assert (g - 1).abs().max() > 1e-2  # the magnitude path is not idle
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 

@@ -47,10 +47,32 @@ def test_peft_saves_lorafam_loads(tmp_path, case, arch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pm = peft.get_peft_model(make(), _peft_config(case, targets)).eval()
+    _perturb_magnitude(pm)
     expected = pm(_x()).logits
     pm.save_pretrained(tmp_path / "peft")
     ours = lf.load_adapter(make(), tmp_path / "peft")
     torch.testing.assert_close(ours(_x()).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def _perturb_magnitude(pm) -> None:
+    """DoRA: move m away from ‖W0 + sBA‖ (its init), so the magnitude path g = m / ‖W0 + sBA‖ is not 1."""
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.2 * torch.randn(p.shape, generator=g))
+
+
+def test_dora_magnitude_is_not_idle_in_the_cross_load_test(tmp_path):
+    """The perturbation above matters: the same PEFT DoRA file with and without it gives different logits."""
+    make, targets = MODELS["llama"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = peft.get_peft_model(make(), _peft_config("dora", targets)).eval()
+    with torch.no_grad():
+        before = pm(_x()).logits
+        _perturb_magnitude(pm)
+        assert (pm(_x()).logits - before).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("case", list(CASES))

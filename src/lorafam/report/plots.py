@@ -78,22 +78,27 @@ def family_tree() -> bytes:
 
 
 def accuracy_curves(data: ReportData, task: str) -> bytes | None:
+    """Exact match at each evaluation point, from the untrained base at step 0, one line per member (the same
+    items at every point; bands: the 95 % interval when the runs carry per-item records)."""
+    from lorafam.report.article_figures import eval_points
+
     fig, ax = _fig()
     drawn = 0
     for row in (r for r in data.rows if r.impl in ("lorafam", "full")):
         runs = row.ok_runs(task)
         if not runs or not runs[0].train_info.eval_curve:
             continue
-        curve = runs[0].train_info.eval_curve
-        if len(runs) > 1:  # mean over seeds, step by step (same schedule)
-            curve = [
-                [s, sum(r.train_info.eval_curve[j][1] for r in runs) / len(runs)]
-                for j, (s, _) in enumerate(curve)
-                if all(len(r.train_info.eval_curve) > j for r in runs)
-            ]
-        xs, ys = [0] + [c[0] for c in curve], [_base_acc(data, task)] + [100 * c[1] for c in curve]
+        pts, n, kind = eval_points(runs)
+        if not pts:  # a single evaluation: the final score
+            acc = row.accuracies(task)
+            pts, n, kind = [(runs[0].train_info.steps, 100 * sum(acc) / len(acc), None, None)], 0, ""
+        xs, ys = [0] + [p[0] for p in pts], [_base_acc(data, task, n)] + [p[1] for p in pts]
         colour, marker = member_style(row.member)
         ax.plot(xs, ys, marker=marker, ms=5, label=row.label, color=colour)
+        if kind == "ci":
+            ax.fill_between(
+                [p[0] for p in pts], [p[2] for p in pts], [p[3] for p in pts], color=colour, alpha=0.08
+            )
         drawn += 1
     if not drawn:
         return None
@@ -103,8 +108,13 @@ def accuracy_curves(data: ReportData, task: str) -> bytes | None:
     return _png(fig)
 
 
-def _base_acc(data: ReportData, task: str) -> float:
+def _base_acc(data: ReportData, task: str, n: int = 0) -> float:
+    """The untrained base's exact match (on the first ``n`` items when its run has per-item records)."""
     base = data.row("base", "base")
+    runs = base.ok_runs(task) if base else []
+    if n and runs and runs[0].train_info.evals:
+        em = runs[0].train_info.evals[-1]["em"][:n]
+        return 100 * sum(em) / len(em) if em else 0.0
     acc = base.accuracies(task) if base else []
     return 100 * sum(acc) / len(acc) if acc else 0.0
 

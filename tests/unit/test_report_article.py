@@ -125,6 +125,7 @@ def test_plain_tone_drops_the_flourishes_not_the_facts(built: dict[str, Path], t
     assert any(f in lively_zh for f in flair)
     assert not any(f in plain_zh for f in flair)
     assert "祖师爷" in lively_zh and "祖师爷" not in plain_zh
+    assert "先打个预防针" in lively_zh and "先打个预防针" not in plain_zh and "说明：这是 quick 预算" in plain_zh
     facts = json.loads(built["data"].read_text())["article"]["facts"]
     assert json.loads(plain["data"].read_text())["article"]["facts"] == facts  # same numbers either way
     with pytest.raises(ValueError, match="unknown tone 'loud'.*lively, plain"):

@@ -14,9 +14,14 @@ ART: dict[str, str] = {
     'each member a chapter, and ends with the 2025 arrivals and "the dinosaur". The difference: every verdict here '
     "comes from the lorafam arena's records ({budget} budget, {runs} runs, same data and same machine for all), or "
     'from a cited source. Where the draft got it wrong, a "the draft said / measured" box says so.',
+    "cannot_rank@plain": "Note: this is the {budget} budget ({steps} steps, {seeds} seed(s), {items} test items per task), so "
+    "accuracy carries a noise range of about ±{floor:.0f} points; gaps inside it do not count and are marked below.",
     "cannot_rank": "A warning first: this is the {budget} budget ({steps} steps, {seeds} seed(s), {items} test items per "
     "task), so accuracy carries a noise range of about ±{floor:.0f} points. Gaps inside that range do not count, and "
     "each one is marked below.",
+    "ci_note@plain": "Note: this is the {budget} budget ({steps} steps, {seeds} seed(s), {items} test items per task). Every "
+    "gap below carries its 95% confidence interval (a paired bootstrap over the same test items); a gap whose "
+    "interval crosses 0 does not count, and each one is marked.",
     "ci_note": "The rules first: this is the {budget} budget ({steps} steps, {seeds} seed(s), {items} test items per "
     "task). Every gap below carries its 95% confidence interval (a paired bootstrap over the same test items); a gap "
     "whose interval crosses 0 does not count, and each one is marked.",
@@ -52,6 +57,7 @@ ART: dict[str, str] = {
     "open_cost": "On the same machine and the same data, full fine-tuning took {step:.2f}× LoRA's time per step and "
     "{rss:.2f}× its peak memory, and trained {params:.0f}× as many parameters.",
     "open_lora": "LoRA trains {trainable:,} of {total:,} parameters ({pct:.2f}%) and leaves every base weight alone.",
+    "open_plugin@plain": "LoRA is a plug-in: pull it out and the model is the model it was.",
     "open_plugin": "So LoRA is not black magic but a plug-in: pull it out and the model is the model it was.",
     "open_no_full": "These records hold no successful full fine-tuning run, so the cost comparison stays empty.",
     "origin_line": "{origin}, {year}, {venue}.",

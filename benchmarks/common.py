@@ -134,6 +134,68 @@ def matmul_gflops(
     return 2 * m * k * n / statistics.median(times) / 1e9
 
 
+def gemm_peak(
+    shapes: Mapping[str, tuple[int, int, int]],
+    dtypes: Sequence[torch.dtype] = (torch.float32, torch.bfloat16),
+    rounds: int = 3,
+    weights: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """This machine's ``F.linear`` throughput at given (tokens, in, out) shapes, per dtype, interleaved.
+
+    Every round times each (shape, dtype) once, in alternating order; per shape the median is kept. ``peak`` per
+    dtype is the FLOP-weighted figure for the mix (Σ flops / Σ time, each shape counted ``weights[name]`` times):
+    what a step made only of these GEMMs would reach.
+    """
+    weights = weights or {name: 1.0 for name in shapes}
+    ops: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, (m, k, n) in shapes.items():
+        x, w = torch.randn(m, k), torch.randn(n, k)
+        for dt in dtypes:
+            ops[(name, dt)] = (x.to(dt), w.to(dt))
+    for x, w in ops.values():  # warm-up: kernel selection, first touch
+        torch.nn.functional.linear(x, w)
+    times: dict[tuple[str, torch.dtype], list[float]] = {key: [] for key in ops}
+    keys = list(ops)
+    for r in range(rounds):
+        for key in keys if r % 2 == 0 else keys[::-1]:
+            x, w = ops[key]
+            t = time.perf_counter()
+            torch.nn.functional.linear(x, w)
+            times[key].append(time.perf_counter() - t)
+    out: dict[str, Any] = {"shapes": {k: list(v) for k, v in shapes.items()}, "weights": dict(weights)}
+    for dt in dtypes:
+        label = str(dt).removeprefix("torch.")
+        per = {}
+        flops = secs = 0.0
+        for name, (m, k, n) in shapes.items():
+            t = statistics.median(times[(name, dt)])
+            per[name] = 2 * m * k * n / t / 1e9
+            flops += weights[name] * 2 * m * k * n
+            secs += weights[name] * t
+        out[label] = {"per_shape_gflops": per, "peak_gflops": flops / secs / 1e9}
+    return out
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Per-round ratios a[i] / b[i] of two interleaved contenders, their median and spread (min, max).
+
+    The ratio is taken inside each round, where both sides saw the same machine load; a ratio of medians would
+    mix rounds of different load.
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired() needs two equally long, non-empty series, got {len(a)} and {len(b)}")
+    r = [x / y for x, y in zip(a, b)]
+    return {"median": statistics.median(r), "min": min(r), "max": max(r), "rounds": r}
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (what ``uptime`` prints)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on Linux
+        return []
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     """Total FLOPs torch's flop counter sees while running ``fn`` once (matmuls, attention; forward + backward)."""
     from torch.utils.flop_counter import FlopCounterMode

@@ -57,3 +57,25 @@ def test_write_json_is_complete_and_leaves_no_temporaries(tmp_path):
     write_json(path, {"a": [1, 2]})
     assert json.loads(path.read_text()) == {"a": [1, 2]}
     assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+
+
+def test_paired_ratios_are_per_round_not_ratios_of_medians():
+    from benchmarks.common import paired
+
+    # round 2 is slow for both sides (load): per-round ratios stay 0.5 where medians would not say so
+    r = paired([1.0, 10.0, 1.2], [2.0, 20.0, 2.4])
+    assert r["rounds"] == [0.5, 0.5, 0.5] and r["median"] == r["min"] == r["max"] == 0.5
+    import pytest
+
+    with pytest.raises(ValueError, match="equally long"):
+        paired([1.0], [1.0, 2.0])
+
+
+def test_gemm_peak_reports_every_shape_and_dtype():
+    import torch
+
+    from benchmarks.common import gemm_peak
+
+    g = gemm_peak({"a": (8, 16, 32), "b": (8, 32, 16)}, (torch.float32, torch.bfloat16), rounds=2)
+    for dt in ("float32", "bfloat16"):
+        assert set(g[dt]["per_shape_gflops"]) == {"a", "b"} and g[dt]["peak_gflops"] > 0

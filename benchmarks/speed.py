@@ -1,0 +1,143 @@
+"""Issue 16 in one command: every speed target of lorafam measured in one interleaved run on this machine.
+
+    python -m benchmarks.speed                 # SmolLM2-135M-Instruct; writes benchmarks/results/speed.json
+    python -m benchmarks.speed --tiny          # smoke run on a tiny random Llama (speed_tiny.json)
+    python -m benchmarks.speed --parts train,gen --no-markdown
+
+Parts (``--parts``, default all; each interleaved A B A B … with per-round paired ratios):
+
+- ``machine``  CPU model and flags (AMX or not), load average, this machine's ``F.linear`` throughput at the
+               model's own GEMM shapes in fp32 and bf16, and what the arena's ``bf16: auto`` decides here.
+- ``train``    training steps (forward + backward + AdamW) of lorafam LoRA, DoRA, QLoRA (NF4 base) and PEFT LoRA
+               at ``--batch`` × ``--seq``, plus LoRA and QLoRA at the arena's short-sequence shape; achieved
+               GFLOP/s (torch's flop counter over the measured median step).
+- ``rss``      peak RSS of each arm, each training in its own process.
+- ``gen``      greedy decoding, batch 1, KV cache: base model vs unmerged LoRA, DoRA (lorafam) and PEFT LoRA.
+- ``s2``       S²-Attn vs full (SDPA) attention: one layer's attention call, forward + backward, at 2048/4096.
+
+Results: ``benchmarks/results/speed.json`` and the ``speed`` section of BENCHMARKS.md (targets, ratios, machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import torch
+
+from benchmarks.common import RESULTS, gemm_peak, load_average, machine_info, write_json
+from benchmarks.speed_parts import (
+    child_rss,
+    log_to_stderr,
+    model_gemm_shapes,
+    part_gen,
+    part_rss,
+    part_s2,
+    part_train,
+)
+
+PARTS = ("machine", "train", "rss", "gen", "s2")
+
+
+def part_machine(args: argparse.Namespace) -> dict[str, Any]:
+    """Facts and reference throughputs; the bf16 decision is the arena's own function, run here."""
+    from benchmarks.speed_parts import _smollm_config, load_base
+    from lorafam.arena.runner import bf16_pays_off
+
+    cfg = load_base(True).config if args.tiny else _smollm_config()
+    shapes, counts = model_gemm_shapes(cfg, args.batch * args.seq)
+    peak = gemm_peak(shapes, (torch.float32, torch.bfloat16), rounds=3, weights=counts)
+    use_bf16, probe = bf16_pays_off("cpu", threads=torch.get_num_threads())
+    flags = machine_info()["cpu_flags"]
+    amx = "amx_bf16" in flags
+    fp32, bf16 = peak["float32"]["peak_gflops"], peak["bfloat16"]["peak_gflops"]
+    why = (
+        f"bf16 GEMMs run at {bf16:.1f} GFLOP/s against {fp32:.1f} for fp32 at this model's shapes "
+        f"({bf16 / fp32:.2f}×); the arena's probe timed fp32 {1e3 * probe['fp32_matmul_s']:.1f} ms vs bf16 "
+        f"{1e3 * probe['bf16_matmul_s']:.1f} ms and picks bf16 only at ≥ 1.2× faster"
+    )
+    return {
+        "amx": amx,
+        "gemm": peak,
+        "bf16_auto": {"uses_bf16": use_bf16, "probe": probe, "why": why},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n")[0])
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of: {', '.join(PARTS)}")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per comparison")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--arena-batch", type=int, default=4, help="the arena quick budget's batch size")
+    ap.add_argument("--arena-seq", type=int, default=64, help="about the arena tasks' padded length")
+    ap.add_argument("--rss-steps", type=int, default=2)
+    ap.add_argument("--gen-tokens", type=int, default=16)
+    ap.add_argument("--prompt", type=int, default=32, help="prompt length for decoding")
+    ap.add_argument("--s2-seqs", type=int, nargs="+", default=[2048, 4096])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared CPU)")
+    ap.add_argument("--tiny", action="store_true", help="tiny random Llama instead of SmolLM2 (smoke run)")
+    ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
+    ap.add_argument("--child-rss", choices=("lora", "dora", "qlora", "peft-lora"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.child_rss:
+        child_rss(args)
+        return 0
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        ap.error(f"--parts: unknown {unknown}; choose from {', '.join(PARTS)}")
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*register_constant.*")
+    t0 = time.perf_counter()
+    data: dict[str, Any] = {
+        "benchmark": "speed",
+        "command": "python -m benchmarks.speed " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "setup": {k: v for k, v in vars(args).items() if k not in ("child_rss", "no_markdown")},
+        "model": "tiny_llama" if args.tiny else "SmolLM2-135M-Instruct",
+        "machine": machine_info(),
+        "load_average_start": load_average(),
+    }
+    runners = {"train": part_train, "rss": part_rss, "gen": part_gen, "s2": part_s2}
+    for part in PARTS:
+        if part not in parts:
+            continue
+        started = time.perf_counter()
+        log_to_stderr(f"== {part} (load {load_average()})")
+        if part == "machine":  # machine_info() plus the measured references
+            data["machine"] |= part_machine(args)
+        else:
+            data[part] = runners[part](args, log_to_stderr)
+        data[part]["wall_s"] = time.perf_counter() - started
+    data["load_average_end"] = load_average()
+    data["wall_s"] = time.perf_counter() - t0
+    out_path = RESULTS / ("speed_tiny.json" if args.tiny else "speed.json")
+    if out_path.exists() and set(parts) != set(PARTS):  # a partial run keeps the other parts, marked as such
+        old = json.loads(out_path.read_text())
+        for part in PARTS:
+            if part == "machine" and "gemm" not in data["machine"] and "gemm" in old.get("machine", {}):
+                data["machine"] = old["machine"]
+                data.setdefault("parts_from_earlier_runs", {})[part] = old["machine"].get("time_utc")
+            elif part != "machine" and part not in data and part in old:
+                data[part] = old[part]
+                data.setdefault("parts_from_earlier_runs", {})[part] = old.get("machine", {}).get("time_utc")
+    write_json(out_path, data)
+    from benchmarks.speed_report import summary, write_markdown
+
+    data["summary"] = summary(data)
+    write_json(out_path, data)
+    if not args.no_markdown and not args.tiny:
+        write_markdown(data)
+    for row in data["summary"]:
+        print(f"{row['target']}: {row['measured']}  [{row['status']}]")
+    print(f"wrote {out_path} ({data['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,273 @@
+"""The measurements behind ``python -m benchmarks.speed`` (issue 16), one function per part.
+
+Every timed comparison is interleaved in one process (A B A B …, the order reversed every other round, see
+:func:`benchmarks.common.interleaved`) and reported as per-round paired ratios (:func:`benchmarks.common.paired`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from benchmarks.common import child_report, count_flops, interleaved, paired, python, run_child
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ARMS = ("lora", "dora", "qlora", "peft-lora")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------------------------
+def load_base(tiny: bool) -> torch.nn.Module:
+    import lorafam as lf
+
+    if tiny:  # Llama architecture, small enough for a smoke run
+        return lf.tiny_llama(vocab_size=256, hidden=128, layers=2, heads=4, kv_heads=2, intermediate=256)
+    return lf.load_model()
+
+
+def build(arm: str, tiny: bool, rank: int = 16, alpha: float = 32.0, seed: int = 0) -> torch.nn.Module:
+    """A fresh model for one arm: ``base``, lorafam ``lora`` / ``dora`` / ``qlora`` (NF4 base), or ``peft-lora``."""
+    import lorafam as lf
+
+    torch.manual_seed(seed)
+    model = load_base(tiny)
+    if arm == "base":
+        return model
+    if arm == "peft-lora":
+        from peft import LoraConfig, get_peft_model
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(TARGETS)))
+    if arm not in ("lora", "dora", "qlora"):
+        raise ValueError(f"unknown arm {arm!r}; choose from base, {', '.join(ARMS)}")
+    cls = lf.DoraConfig if arm == "dora" else lf.LoraConfig
+    cfg = cls(rank=rank, alpha=alpha, targets=list(TARGETS), quantize="nf4" if arm == "qlora" else None)
+    lf.attach(model, cfg)
+    return model
+
+
+class Stepper:
+    """One arm's training: model + AdamW over its trainable parameters; ``step()`` = forward + backward + update."""
+
+    def __init__(self, model: torch.nn.Module, batch: torch.Tensor):
+        self.model = model.train()
+        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        self.batch = batch
+
+    def step(self) -> None:
+        self.model(input_ids=self.batch, labels=self.batch).loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def tokens(vocab: int, batch: int, seq: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def model_gemm_shapes(config: Any, n_tokens: int) -> tuple[dict[str, tuple[int, int, int]], dict[str, float]]:
+    """The (tokens, in, out) shapes of one forward's GEMMs and how often each occurs (Llama layout)."""
+    d, ff, v, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
+    hd = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    kv = config.num_key_value_heads * hd
+    shapes = {
+        "q/o proj": (n_tokens, d, config.num_attention_heads * hd),
+        "k/v proj": (n_tokens, d, kv),
+        "gate/up proj": (n_tokens, d, ff),
+        "down proj": (n_tokens, ff, d),
+        "lm head": (n_tokens, d, v),
+    }
+    counts = {"q/o proj": 2.0 * layers, "k/v proj": 2.0 * layers, "gate/up proj": 2.0 * layers}
+    counts |= {"down proj": float(layers), "lm head": 1.0}
+    return shapes, counts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# part: train (LoRA, DoRA, QLoRA, PEFT LoRA steps; QLoRA also at the arena's short-sequence shape)
+# ---------------------------------------------------------------------------------------------------------------
+def part_train(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    vocab = 256 if args.tiny else 49152
+    main = tokens(vocab, args.batch, args.seq)
+    arena = tokens(vocab, args.arena_batch, args.arena_seq, seed=1)
+    steppers = {arm: Stepper(build(arm, args.tiny), main) for arm in ARMS}
+    contenders: dict[str, Callable[[], None]] = {arm: s.step for arm, s in steppers.items()}
+    for arm in ("lora", "qlora"):  # the same models on the arena's batch shape (same weights, own input)
+        s = steppers[arm]
+        contenders[f"{arm} arena-shape"] = lambda s=s: (
+            setattr(s, "batch", arena),
+            s.step(),
+            setattr(s, "batch", main),
+        )
+    log(f"[train] warm-up + flop count: {list(contenders)}")
+    flops = {arm: count_flops(steppers[arm].step) for arm in ARMS}  # the warm-up step of each main arm
+    for name in contenders:
+        if name not in flops:
+            contenders[name]()
+    timing = interleaved(contenders, repeats=args.rounds, warmup=0, log=lambda m: log("[train]" + m))
+    raw = {k: v["raw_s"] for k, v in timing.items()}
+    med = {k: v["median_s"] for k, v in timing.items()}
+    return {
+        "shape": {
+            "batch": args.batch,
+            "seq": args.seq,
+            "arena_batch": args.arena_batch,
+            "arena_seq": args.arena_seq,
+        },
+        "timing": timing,
+        "flops_per_step": flops,
+        "achieved_gflops": {arm: flops[arm] / med[arm] / 1e9 for arm in ARMS},
+        "ratios": {
+            "dora / lora": paired(raw["dora"], raw["lora"]),
+            "lora / peft-lora": paired(raw["lora"], raw["peft-lora"]),
+            "qlora / lora": paired(raw["qlora"], raw["lora"]),
+            "qlora / lora, arena shape": paired(raw["qlora arena-shape"], raw["lora arena-shape"]),
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# part: rss (each arm trains in its own process; the child's own VmHWM)
+# ---------------------------------------------------------------------------------------------------------------
+def child_rss(args: Any) -> None:
+    vocab = 256 if args.tiny else 49152
+    s = Stepper(build(args.child_rss, args.tiny), tokens(vocab, args.batch, args.seq))
+    times = []
+    for _ in range(args.rss_steps):
+        t = time.perf_counter()
+        s.step()
+        times.append(time.perf_counter() - t)
+    child_report({"arm": args.child_rss, "step_s": times})
+
+
+def part_rss(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for arm in ARMS:
+        argv = [python(), "-m", "benchmarks.speed", "--child-rss", arm, "--batch", str(args.batch)]
+        argv += ["--seq", str(args.seq), "--rss-steps", str(args.rss_steps), "--threads", str(args.threads)]
+        r = run_child(argv + (["--tiny"] if args.tiny else []))
+        if r["returncode"] != 0:
+            raise RuntimeError(f"rss child {arm} failed:\n{r['stderr_tail']}")
+        out[arm] = {
+            "peak_rss_mib": r["peak_rss_mib"],
+            "source": r["peak_rss_source"],
+            "step_s": r["result"]["step_s"],
+        }
+        log(f"[rss] {arm:<10} peak {r['peak_rss_mib']:8.0f} MiB")
+    peak = {arm: out[arm]["peak_rss_mib"] for arm in ARMS}
+    ratios = {"qlora / lora": peak["qlora"] / peak["lora"], "dora / lora": peak["dora"] / peak["lora"]}
+    ratios["lora / peft-lora"] = peak["lora"] / peak["peft-lora"]
+    return {"steps": args.rss_steps, "arms": out, "ratios": ratios}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# part: gen (batch 1, KV cache, greedy; unmerged adapters with non-zero B)
+# ---------------------------------------------------------------------------------------------------------------
+def _perturb(model: torch.nn.Module, std: float = 0.02) -> None:
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+def _gen_models(args: Any) -> dict[str, torch.nn.Module]:
+    from peft import set_peft_model_state_dict
+
+    from lorafam.core.checkpoint import adapter_state
+
+    models = {arm: build(arm, args.tiny) for arm in ("base", "lora", "dora", "peft-lora")}
+    for arm in ("lora", "dora"):
+        _perturb(models[arm])
+    set_peft_model_state_dict(models["peft-lora"], adapter_state(models["lora"]))  # the very same adapter
+    for m in models.values():
+        m.eval()
+        m.generation_config.pad_token_id = m.generation_config.eos_token_id
+    return models
+
+
+def part_gen(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    models = _gen_models(args)
+    vocab = models["base"].config.vocab_size
+    ids = torch.randint(3, vocab, (1, args.prompt), generator=torch.Generator().manual_seed(0))
+    n, produced = args.gen_tokens, {}
+
+    def runner(name: str) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                out = models[name].generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                    do_sample=False, use_cache=True,
+                )  # fmt: skip
+            produced[name] = out[0, ids.shape[1] :].tolist()
+
+        return run
+
+    timing = interleaved(
+        {k: runner(k) for k in models}, repeats=args.rounds, warmup=1, log=lambda m: log("[gen]" + m)
+    )
+    raw = {k: v["raw_s"] for k, v in timing.items()}
+    return {
+        "prompt_tokens": args.prompt,
+        "new_tokens": n,
+        "timing": timing,
+        "tokens_per_s": {k: n / v["median_s"] for k, v in timing.items()},
+        # tokens/s ratio vs base = base time / arm time, per round
+        "x_base": {k: paired(raw["base"], raw[k]) for k in models if k != "base"},
+        "lora_equals_peft_tokens": produced["lora"] == produced["peft-lora"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# part: s2 (S²-Attn vs full attention: the attention call of one SmolLM2 layer, forward + backward)
+# ---------------------------------------------------------------------------------------------------------------
+def part_s2(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from lorafam.attention import s2attn
+
+    cfg = load_base(args.tiny).config if args.tiny else _smollm_config()
+    h, hk = cfg.num_attention_heads, cfg.num_key_value_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // h
+
+    class Attn(torch.nn.Module):  # what the two functions read from the attention module
+        is_causal = True
+        num_key_value_groups = h // hk
+
+    module = Attn().train()
+    setattr(module, s2attn.SETTINGS_ATTR, s2attn.S2AttnSettings(0.25))
+    out: dict[str, Any] = {"heads": h, "kv_heads": hk, "head_dim": d, "group_size_ratio": 0.25}
+    for n in args.s2_seqs:
+        g = torch.Generator().manual_seed(n)
+        q, k, v = (torch.randn(1, n, c, d, generator=g, requires_grad=True) for c in (h, hk, hk))
+
+        def call(fn: Callable[..., Any], q=q, k=k, v=v) -> Callable[[], None]:
+            def run() -> None:  # the model hands (B, H, N, D) views of (B, N, H, D) projections
+                o, _ = fn(module, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, 0.0, d**-0.5)
+                o.sum().backward()
+
+            return run
+
+        t = interleaved(
+            {"s2attn": call(s2attn.s2attn_forward), "full": call(sdpa_attention_forward)},
+            repeats=args.rounds, warmup=1, log=lambda m, n=n: log(f"[s2 {n}]" + m),
+        )  # fmt: skip
+        out[str(n)] = {"timing": t, "s2 / full": paired(t["s2attn"]["raw_s"], t["full"]["raw_s"])}
+    return out
+
+
+def _smollm_config() -> Any:
+    from transformers import AutoConfig
+
+    from lorafam.models import default_model_dir
+
+    return AutoConfig.from_pretrained(default_model_dir())
+
+
+def log_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,171 @@
+"""The ``speed`` section of BENCHMARKS.md, built only from ``benchmarks/results/speed.json``.
+
+python -m benchmarks.speed_report     # rewrite the section (and the summary) from the last results file
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from benchmarks.common import RESULTS, md_table, update_markdown_section, write_json
+
+SECTION = "speed"
+
+
+def _row(target: str, r: dict[str, Any] | None, limit: float, higher: bool = False, note: str = "") -> dict:
+    """One target: the paired median with its min–max spread, and whether the median meets the limit."""
+    if r is None:
+        return {
+            "target": target,
+            "limit": limit,
+            "measured": "not measured",
+            "status": "not measured",
+            "note": note,
+        }
+    med = r["median"]
+    ok = med >= limit if higher else med <= limit
+    spread = f" ({r['min']:.3f}–{r['max']:.3f})" if "min" in r else ""
+    return {
+        "target": target,
+        "limit": f"{'≥' if higher else '≤'} {limit}",
+        "value": med,
+        "measured": f"{med:.3f}{spread}",
+        "status": "met" if ok else "missed",
+        "note": note,
+    }
+
+
+def summary(d: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with its measured ratio from this run."""
+    tr = (d.get("train") or {}).get("ratios", {})
+    gen = (d.get("gen") or {}).get("x_base", {})
+    rss = (d.get("rss") or {}).get("ratios", {})
+    s2 = d.get("s2") or {}
+    shape = (d.get("train") or {}).get("shape", {})
+    at = f"{shape.get('batch')}×{shape.get('seq')}"
+    arena = f"{shape.get('arena_batch')}×{shape.get('arena_seq')}"
+    rows = [
+        _row("DoRA train step / LoRA's", tr.get("dora / lora"), 1.10, note=at),
+        _row("LoRA train step / PEFT LoRA's", tr.get("lora / peft-lora"), 1.0, note=f"{at}; was 0.96"),
+        _row("QLoRA train step / fp32 LoRA's", tr.get("qlora / lora"), 1.2, note=at),
+        _row("QLoRA train step / fp32 LoRA's, arena shape", tr.get("qlora / lora, arena shape"), 1.2, note=arena),
+        _row("QLoRA peak RSS / fp32 LoRA's", _single(rss.get("qlora / lora")), 1.0, note="own process each"),
+        _row("unmerged LoRA decoding, × base tokens/s", gen.get("lora"), 0.90, True, "batch 1, KV cache, greedy"),
+        _row("unmerged DoRA decoding, × base tokens/s", gen.get("dora"), 0.90, True, "batch 1, KV cache, greedy"),
+    ]
+    for n, limit in (("4096", 0.70), ("2048", 0.85)):
+        rows.append(_row(f"S²-Attn / full attention at {n}", (s2.get(n) or {}).get("s2 / full"), limit,
+                         note="one layer's attention call, fwd + bwd"))  # fmt: skip
+    m = d.get("machine") or {}
+    if "bf16_auto" in m:
+        auto = m["bf16_auto"]
+        faster = m["gemm"]["bfloat16"]["peak_gflops"] > 1.2 * m["gemm"]["float32"]["peak_gflops"]
+        rows.append({
+            "target": "bf16: auto picks fp32 where bf16 is slower",
+            "limit": "fp32 unless bf16 ≥ 1.2× faster",
+            "measured": "bf16" if auto["uses_bf16"] else "fp32",
+            "status": "met" if auto["uses_bf16"] == faster else "missed",
+            "note": auto["why"],
+        })  # fmt: skip
+        rows.append(
+            {
+                "target": "LoRA step in the bf16 regime ≤ 0.5× PEFT fp32 (AMX CPUs)",
+                "limit": "≤ 0.5",
+                "measured": "not measurable here" if not m["amx"] else "see train part",
+                "status": "n/a: no AMX" if not m["amx"] else "not measured",
+                "note": f"bf16 / fp32 GEMM throughput here: "
+                f"{m['gemm']['bfloat16']['peak_gflops'] / m['gemm']['float32']['peak_gflops']:.2f}×",
+            }
+        )
+    return rows
+
+
+def _single(v: float | None) -> dict[str, Any] | None:
+    return None if v is None else {"median": v}
+
+
+def _machine_line(d: dict[str, Any]) -> str:
+    m = d["machine"]
+    amx = m.get("amx")
+    return (
+        f"Machine: **{m['cpu']}**, AMX: **{'yes' if amx else 'no'}** (flags: {', '.join(m['cpu_flags']) or 'none'}; "
+        f"torch capability {m['torch_cpu_capability']}, oneDNN bf16 {m['onednn_bf16_supported']}), "
+        f"{m['logical_cpus']} logical CPUs shared with other jobs, {m['torch_threads']} torch thread(s); load average "
+        f"{d.get('load_average_start')} at the start and {d.get('load_average_end')} at the end: the machine was "
+        f"loaded, so absolute times are inflated and only the paired ratios are meant to be read. torch "
+        f"{m['versions']['torch']}, transformers {m['versions']['transformers']}, peft {m['versions']['peft']}; "
+        f"{m['time_utc']}, git {m['git']['commit'][:10]}{' (dirty)' if m['git']['dirty'] else ''}."
+    )
+
+
+def _detail_tables(d: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    m, t = d.get("machine"), d.get("train")
+    if t and m and "gemm" in m:
+        fp32 = m["gemm"]["float32"]["peak_gflops"]
+        rows = [
+            (arm, v["median_s"], v["min_s"], v["max_s"], t["achieved_gflops"].get(arm, "—"),
+             f"{100 * t['achieved_gflops'][arm] / fp32:.0f}%" if arm in t["achieved_gflops"] else "—")
+            for arm, v in t["timing"].items()
+        ]  # fmt: skip
+        out += ["", "Train steps (median of the interleaved rounds; GFLOP/s from torch's flop counter):", ""]
+        out += [md_table(["arm", "median s", "min s", "max s", "achieved GFLOP/s", "of fp32 GEMM peak"], rows)]
+    if m and "gemm" in m:
+        g = m["gemm"]
+        rows = [(name, *g["shapes"][name], g["float32"]["per_shape_gflops"][name],
+                 g["bfloat16"]["per_shape_gflops"][name]) for name in g["shapes"]]  # fmt: skip
+        rows.append(
+            ("step mix (FLOP-weighted)", "", "", "", g["float32"]["peak_gflops"], g["bfloat16"]["peak_gflops"])
+        )
+        out += ["", "This machine's GEMM peak at the model's own shapes (`F.linear`, GFLOP/s):", ""]
+        out += [md_table(["GEMM", "tokens", "in", "out", "fp32", "bf16"], rows)]
+    r = d.get("rss")
+    if r:
+        rows = [(arm, v["peak_rss_mib"], v["source"]) for arm, v in r["arms"].items()]
+        out += ["", f"Peak RSS, each arm training {r['steps']} steps in its own process:", ""]
+        out += [md_table(["arm", "peak RSS MiB", "measured as"], rows)]
+    gen = d.get("gen")
+    if gen:
+        rows = [(k, gen["tokens_per_s"][k], gen["x_base"][k]["median"] if k in gen["x_base"] else 1.0)
+                for k in gen["timing"]]  # fmt: skip
+        out += ["", f"Decoding {gen['new_tokens']} greedy tokens after a {gen['prompt_tokens']}-token prompt:", ""]
+        out += [md_table(["model", "tokens/s (median)", "× base (paired median)"], rows)]
+        out += ["", f"Unmerged lorafam LoRA and PEFT LoRA (same tensors) gave the same tokens: "
+                    f"{gen['lora_equals_peft_tokens']}."]  # fmt: skip
+    s2 = d.get("s2")
+    if s2:
+        rows = [(n, s2[n]["timing"]["s2attn"]["median_s"], s2[n]["timing"]["full"]["median_s"],
+                 s2[n]["s2 / full"]["median"]) for n in s2 if n.isdigit()]  # fmt: skip
+        out += ["", f"S²-Attn (ratio {s2['group_size_ratio']}) vs SDPA, one layer's attention, {s2['heads']} heads / "
+                    f"{s2['kv_heads']} kv heads × {s2['head_dim']}, forward + backward:", ""]  # fmt: skip
+        out += [md_table(["tokens", "S²-Attn s", "full s", "paired ratio"], rows)]
+    return out
+
+
+def markdown(d: dict[str, Any]) -> str:
+    rows = [(r["target"], r["limit"], r["measured"], f"**{r['status']}**", r["note"]) for r in d["summary"]]
+    out = [
+        "## Speed targets (issue 16): one interleaved run",
+        "",
+        f"`{d['command'].strip()}` → `benchmarks/results/speed.json` ({d['wall_s'] / 60:.1f} min). {d['model']}, "
+        "r = 16, α = 32 on all 7 projections, AdamW, fp32. Every comparison is interleaved in one process (A B, "
+        "B A, …); a ratio is the median of the per-round ratios, with the smallest and largest round in brackets.",
+        "",
+        _machine_line(d),
+        "",
+        md_table(["target", "limit", "measured", "status", "conditions / why"], rows),
+    ]
+    return "\n".join(out + _detail_tables(d) + [""] + [d.get("notes", "")])
+
+
+def write_markdown(data: dict[str, Any]) -> None:
+    update_markdown_section(SECTION, markdown(data))
+
+
+if __name__ == "__main__":
+    path = RESULTS / "speed.json"
+    data = json.loads(path.read_text())
+    data["summary"] = summary(data)
+    write_json(path, data)
+    write_markdown(data)

@@ -6,6 +6,7 @@ Every timed comparison is interleaved in one process (A B A B …, the order rev
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 import warnings
@@ -191,34 +192,53 @@ def _gen_models(args: Any) -> dict[str, torch.nn.Module]:
     return models
 
 
+def _decode_state(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, Any]:
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+    return {"cache": out.cache, "next": out.logits[:, -1:].argmax(-1), "tokens": []}
+
+
+def _decode_one(model: torch.nn.Module, st: dict[str, Any]) -> float:
+    """One greedy token with the KV cache: the forward a decoding loop runs per token. Returns seconds."""
+    t = time.perf_counter()
+    with torch.no_grad():
+        out = model(input_ids=st["next"], cache=st["cache"], use_cache=True)
+        st["cache"], st["next"] = out.cache, out.logits[:, -1:].argmax(-1)
+    dt = time.perf_counter() - t
+    st["tokens"].append(int(st["next"]))
+    return dt
+
+
 def part_gen(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """Greedy decoding interleaved *per token*: each round prefills every model, then token after token runs
+    base, LoRA, DoRA, PEFT LoRA in turn (order reversed every other token), so load changes hit all alike."""
     models = _gen_models(args)
+    names = list(models)
     vocab = models["base"].config.vocab_size
     ids = torch.randint(3, vocab, (1, args.prompt), generator=torch.Generator().manual_seed(0))
-    n, produced = args.gen_tokens, {}
-
-    def runner(name: str) -> Callable[[], None]:
-        def run() -> None:
-            with torch.no_grad():
-                out = models[name].generate(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                    do_sample=False, use_cache=True,
-                )  # fmt: skip
-            produced[name] = out[0, ids.shape[1] :].tolist()
-
-        return run
-
-    timing = interleaved(
-        {k: runner(k) for k in models}, repeats=args.rounds, warmup=1, log=lambda m: log("[gen]" + m)
-    )
-    raw = {k: v["raw_s"] for k, v in timing.items()}
+    times: dict[str, list[float]] = {k: [] for k in names}
+    produced: dict[str, list[int]] = {}
+    for r in range(args.rounds + 1):  # round 0 is the warm-up
+        states = {k: _decode_state(models[k], ids) for k in names}
+        for t in range(args.gen_tokens):
+            for k in names if (r + t) % 2 == 0 else names[::-1]:
+                dt = _decode_one(models[k], states[k])
+                if r:
+                    times[k].append(dt)
+        produced = {k: st["tokens"] for k, st in states.items()}
+        if r:
+            log(
+                f"[gen] round {r}/{args.rounds}: "
+                + ", ".join(f"{k} {sum(times[k][-args.gen_tokens :]):.2f} s" for k in names)
+            )
+    med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "prompt_tokens": args.prompt,
-        "new_tokens": n,
-        "timing": timing,
-        "tokens_per_s": {k: n / v["median_s"] for k, v in timing.items()},
-        # tokens/s ratio vs base = base time / arm time, per round
-        "x_base": {k: paired(raw["base"], raw[k]) for k in models if k != "base"},
+        "new_tokens": args.gen_tokens,
+        "per_token_s": {k: {"median_s": med[k], "raw_s": times[k]} for k in names},
+        "tokens_per_s": {k: 1 / med[k] for k in names},
+        # tokens/s ratio vs base = base time / arm time, paired token by token
+        "x_base": {k: paired(times["base"], times[k]) for k in names if k != "base"},
         "lora_equals_peft_tokens": produced["lora"] == produced["peft-lora"],
     }
 

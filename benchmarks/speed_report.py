@@ -127,10 +127,13 @@ def _detail_tables(d: dict[str, Any]) -> list[str]:
         out += [md_table(["arm", "peak RSS MiB", "measured as"], rows)]
     gen = d.get("gen")
     if gen:
-        rows = [(k, gen["tokens_per_s"][k], gen["x_base"][k]["median"] if k in gen["x_base"] else 1.0)
-                for k in gen["timing"]]  # fmt: skip
-        out += ["", f"Decoding {gen['new_tokens']} greedy tokens after a {gen['prompt_tokens']}-token prompt:", ""]
-        out += [md_table(["model", "tokens/s (median)", "× base (paired median)"], rows)]
+        rows = [(k, gen["tokens_per_s"][k], gen["per_token_s"][k]["median_s"] * 1e3,
+                 *((gen["x_base"][k]["median"], gen["x_base"][k]["min"], gen["x_base"][k]["max"])
+                   if k in gen["x_base"] else (1.0, "", "")))
+                for k in gen["per_token_s"]]  # fmt: skip
+        out += ["", f"Decoding, {gen['new_tokens']} greedy tokens per round after a {gen['prompt_tokens']}-token "
+                    "prompt, interleaved token by token (ratios paired per token):", ""]  # fmt: skip
+        out += [md_table(["model", "tokens/s (median)", "ms/token", "× base (median)", "min", "max"], rows)]
         out += ["", f"Unmerged lorafam LoRA and PEFT LoRA (same tensors) gave the same tokens: "
                     f"{gen['lora_equals_peft_tokens']}."]  # fmt: skip
     s2 = d.get("s2")

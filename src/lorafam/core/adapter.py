@@ -227,17 +227,20 @@ class AdaptedLayer(nn.Module):
         self.active.append(name)
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        base = self.base_layer
+        modules = self._modules  # direct dict reads: nn.Module.__getattr__ is slow on a per-token path
+        base = modules["base_layer"]
         if type(base) is nn.Linear and not (args or kwargs or _has_hooks(base)):
-            base_out = F.linear(x, base.weight, base.bias)  # what nn.Linear.__call__ does, minus its overhead
+            p = base._parameters
+            base_out = F.linear(x, p["weight"], p["bias"])  # what nn.Linear.__call__ does, minus its overhead
         else:
             base_out = base(x, *args, **kwargs)
         if self.disabled:
             return base_out
         out = base_out
+        adapters = modules["adapters"]._modules
         for name in self.active:
             if name not in self.merged:
-                out = self.adapters[name].add_output(x, out, base_out, self.base_layer)
+                out = adapters[name].add_output(x, out, base_out, base)
         return out
 
     # --- merge -------------------------------------------------------------------------------------------------

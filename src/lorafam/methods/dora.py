@@ -55,6 +55,8 @@ class DoraAdapter(LoraAdapter):
         self._g_cache: Tensor | None = None
         self._g_key: tuple[int, ...] | None = None
         self._merge_scale: Tensor | None = None
+        self._decode_cache: tuple[Tensor, Tensor, Tensor | None] | None = None
+        self._decode_key: tuple[Any, ...] | None = None
 
     def init_from_base(self, base: nn.Module) -> None:
         """m ← ‖W0‖_c (after PiSSA/OLoRA rewrote W0, if asked: ‖W_res + s·BA‖_c, as PEFT). Real weights only."""
@@ -133,40 +135,59 @@ class DoraAdapter(LoraAdapter):
         """The whole DoRA layer output g · (W0 x + s·BA x) + b, fused when DoRA is the first active adapter.
 
         y = W0 x + s·BA x comes from one ``addmm`` on the base output, then one multiply by g: backward keeps a
-        single (..., out) tensor (y, for m's gradient) where the three-term form keeps two. At inference the
-        multiply is done in place. Other cases (a second adapter on the layer, dropout in training, a subclass
-        with its own rule) take the general ``out + delta_output`` path.
+        single (..., out) tensor (y, for m's gradient) where the three-term form keeps two. At inference g is
+        folded into a cached copy of B (:meth:`decode_weights`). Other cases (a second adapter on the layer,
+        dropout in training, a subclass with its own rule) take the general ``out + delta_output`` path.
         """
+        p = self._parameters  # direct dict reads: nn.Module.__getattr__ is slow on a per-token path
         fusable = (
             out is base_out
             and type(self).delta_output is DoraAdapter.delta_output
             and (self._no_dropout or not self.training)
-            and (out.dtype == self.lora_B.dtype or torch.is_autocast_enabled(out.device.type))
         )
-        if not fusable:
+        if fusable and not torch.is_grad_enabled() and x.dtype == out.dtype == p["lora_A"].dtype:
+            g, gsb, c = self.decode_weights(base)  # y = g ⊙ base(x) + (g·s·B) A x + (1 − g) ⊙ b
+            d = F.linear(F.linear(x, p["lora_A"]), gsb)
+            return torch.addcmul(d if c is None else d.add_(c), base_out, g)
+        if not (fusable and (out.dtype == p["lora_B"].dtype or torch.is_autocast_enabled(out.device.type))):
             return super().add_output(x, out, base_out, base)
         g = self._scale(base)  # (out,)
         bias = base_bias(base)
         w0x = base_out if bias is None else base_out - bias
-        if not torch.is_grad_enabled() and x.dtype == out.dtype == self.lora_A.dtype:
-            a_t, sb_t = self.inference_weights()  # cached Aᵀ, s·Bᵀ
-            h = torch.mm(x.reshape(-1, self.in_features), a_t)  # (N, r)
-            y = torch.addmm(w0x.reshape(-1, self.out_features), h, sb_t)
-        else:
-            h = F.linear(self.lora_input(x), self.lora_A)  # (..., r)
-            n_out, r = w0x.shape[-1], h.shape[-1]
-            # y = W0 x + s · h Bᵀ: (N, out) + s · (N, r) @ (r, out)
-            y = torch.addmm(w0x.reshape(-1, n_out), h.reshape(-1, r), self.lora_B.t(), alpha=self.scaling)
-        g = g.to(y.dtype)
-        if torch.is_grad_enabled():
-            y = y * g
-            if bias is not None:
-                y = y + bias.to(y.dtype)
-        else:
-            y.mul_(g)
-            if bias is not None:
-                y.add_(bias.to(y.dtype))
+        h = F.linear(self.lora_input(x), self.lora_A)  # (..., r)
+        n_out, r = w0x.shape[-1], h.shape[-1]
+        # y = W0 x + s · h Bᵀ: (N, out) + s · (N, r) @ (r, out)
+        y = torch.addmm(w0x.reshape(-1, n_out), h.reshape(-1, r), self.lora_B.t(), alpha=self.scaling)
+        y = y * g.to(y.dtype)
+        if bias is not None:
+            y = y + bias.to(y.dtype)
         return y.view(base_out.shape)
+
+    def decode_weights(self, base: nn.Module) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(g, g·s·B (out, r), (1 − g) ⊙ bias or None) for forwards without autograd, cached.
+
+        With these the layer output is ``g ⊙ base(x) + (g·s·B)(A x) + (1 − g) ⊙ b``: three calls per layer and
+        token (two ``F.linear``, one ``addcmul``), as for LoRA. Cached until A, B, m, the scale or the base weight
+        change (version counters and storage pointers).
+        """
+        p = self._parameters
+        a, b, m = p["lora_A"], p["lora_B"], p["lora_magnitude_vector"]
+        if type(base) is nn.Linear:  # the common case, without hasattr() probes (slow when they fail)
+            w = base._parameters["weight"]
+        else:
+            w = None if is_quantized(base) else base_weight(base)
+        key = (
+            a._version, b._version, m._version, a.data_ptr(), b.data_ptr(), m.data_ptr(), self.scaling, id(base),
+            -1 if w is None else w._version, -1 if w is None else w.data_ptr(),
+        )  # fmt: skip
+        if self._decode_key != key:
+            with torch.no_grad():
+                g = self._scale(base).to(b.dtype)
+                bias = base_bias(base)
+                c = None if bias is None else ((1 - g) * bias.to(g.dtype)).contiguous()
+                self._decode_cache = (g, (b * (self.scaling * g).unsqueeze(1)).contiguous(), c)
+            self._decode_key = key
+        return self._decode_cache  # type: ignore[return-value]
 
     # -- merge: W' = g · (W0 + s·BA); unmerge divides g back out -----------------------------------------------
     def delta_weight(self, base: nn.Module) -> Tensor:

@@ -178,8 +178,6 @@ class LoraAdapter(Adapter):
         self.lora_B = nn.Parameter(torch.empty(out_features, rank))  # (out, r)
         self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self._no_dropout = not config.dropout > 0  # skips a module call per layer and token when p = 0
-        self._inference_cache: tuple[Tensor, Tensor] | None = None
-        self._inference_key: tuple[Any, ...] | None = None
         self.reset_adapter_parameters()
 
     def reset_adapter_parameters(self) -> None:
@@ -247,38 +245,23 @@ class LoraAdapter(Adapter):
         """out + s · B A dropout(x), with the scale and the addition fused into one ``addmm``.
 
         Two kernels per layer (A, then B-with-add), no (..., out)-sized temporaries for the scaled delta or the
-        sum: this is what keeps training at PEFT's speed and unmerged decoding near the base model's.
+        sum: this is what keeps training at PEFT's speed. Without autograd (decoding) it is three calls and no
+        reshapes: ``F.linear`` with A, ``F.linear`` with B, one ``add`` carrying the scale (docs/performance.md).
         """
         if type(self).delta_output is not LoraAdapter.delta_output:  # a subclass changed the rule: use it
             return super().add_output(x, out, base_out, base)
+        params = self._parameters  # direct dict reads: nn.Module.__getattr__ is slow on a per-token path
+        a, b = params["lora_A"], params["lora_B"]
         no_dropout = self._no_dropout or not self.training  # train-mode no-grad forwards drop too, as in PEFT
-        if no_dropout and not torch.is_grad_enabled() and x.dtype == out.dtype == self.lora_A.dtype:
-            a_t, sb_t = self.inference_weights()  # decode: 2 GEMMs on cached contiguous operands, 3 views
-            h = torch.mm(x.reshape(-1, self.in_features), a_t)  # (N, r)
-            return torch.addmm(out.reshape(-1, self.out_features), h, sb_t).view(out.shape)
-        h = F.linear(self.lora_input(x), self.lora_A)  # (..., r)
-        b = self.lora_B
+        if no_dropout and not torch.is_grad_enabled() and x.dtype == out.dtype == a.dtype:
+            return torch.add(out, F.linear(F.linear(x, a), b), alpha=self.scaling)
+        h = F.linear(self.lora_input(x), a)  # (..., r)
         if out.dtype != b.dtype and not torch.is_autocast_enabled(out.device.type):
             return out + (F.linear(h, b) * self.scaling).to(out.dtype)
         n_out, r = out.shape[-1], h.shape[-1]
         # (N, out) + s · (N, r) @ (r, out)
         fused = torch.addmm(out.reshape(-1, n_out), h.reshape(-1, r), b.t(), alpha=self.scaling)
         return fused.view(out.shape)
-
-    def inference_weights(self) -> tuple[Tensor, Tensor]:
-        """(Aᵀ (in, r), s·Bᵀ (r, out)), contiguous and detached, for forwards without autograd.
-
-        Cached until A, B or the scale change (in-place updates bump a tensor's version; ``load_state_dict`` or
-        ``.to()`` change its storage): the decode path then runs two plain GEMMs with no transposes or scaling.
-        Costs one extra copy of the adapter (r·(in + out) numbers per layer).
-        """
-        a, b = self.lora_A, self.lora_B
-        key = (a._version, b._version, a.data_ptr(), b.data_ptr(), self.scaling)  # .to() gives new storage
-        if self._inference_key != key:
-            with torch.no_grad():
-                self._inference_cache = (a.detach().t().contiguous(), (b.detach() * self.scaling).t().contiguous())
-            self._inference_key = key
-        return self._inference_cache  # type: ignore[return-value]
 
     def peft_state(self) -> dict[str, Tensor]:
         return {"lora_A.weight": self.lora_A, "lora_B.weight": self.lora_B}

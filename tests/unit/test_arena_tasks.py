@@ -131,22 +131,17 @@ def test_standard_plan_groups_peers_and_probes() -> None:
     exps = plan(load_spec(), "standard")
     ids = [e.run_id for e in exps]
     assert len(ids) == len(set(ids))  # a run named by two groups runs once
-    assert {e.run_id for e in exps if e.impl in ("peft", "full")} == {
-        "peft--lora--dates--s0",
-        "full--full-ft--dates--s0",
-    }
+    assert {e.run_id for e in exps if e.impl in ("peft", "full")} == {"full--full-ft--dates--s0"}
     assert [(e.task, e.seed) for e in exps if e.impl == "base"] == [("dates", 0), ("recall", 0), ("mix", 0)]
     seeds = {(e.member, e.seed) for e in exps if e.task == "dates" and e.impl == "lorafam"}
-    assert {(m, s) for m in ("lora", "adalora", "loraplus") for s in (0, 1, 2)} <= seeds
+    assert {(m, s) for m in ("lora", "adalora") for s in (0, 1, 2)} <= seeds
     assert {e.member for e in exps if e.task == "recall"} == {"base", "lora", "longlora"}
     # seed-independent probes on seed 0 only; forgetting everywhere
     assert {e.settings["probes"] for e in exps if e.seed == 1} == {"forgetting"}
     assert all(e.settings["probes"] is True for e in exps if e.seed == 0)
     # the command line filters a grouped plan
     only = plan(load_spec(), "standard", members=["lora"], tasks=["dates"])
-    assert {e.run_id for e in only} == {f"lorafam--lora--dates--s{s}" for s in (0, 1, 2)} | {
-        "peft--lora--dates--s0"
-    }
+    assert {e.run_id for e in only} == {f"lorafam--lora--dates--s{s}" for s in (0, 1, 2)}
 
 
 def test_bad_spec_file(tmp_path) -> None:

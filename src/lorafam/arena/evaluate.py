@@ -87,7 +87,7 @@ def score_items(
     order = sorted(range(n), key=lambda i: len(encoded[i].prompt) + len(encoded[i].answer))
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        batch = collate([encoded[i] for i in idx], pad_id)
+        batch = collate([encoded[i] for i in idx], pad_id, multiple=1)  # full attention: no group to divide
         batch = {k: v.to(device) for k, v in batch.items()}
         targets = shifted_targets(batch["labels"])
         keep = targets != -100

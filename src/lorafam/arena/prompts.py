@@ -111,10 +111,11 @@ class ByteFormatter:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def collate(items: list[Encoded], pad_id: int, multiple: int = 16) -> dict[str, torch.Tensor]:
+def collate(items: list[Encoded], pad_id: int, multiple: int = 8) -> dict[str, torch.Tensor]:
     """Right-padded (B, T) ``input_ids`` / ``attention_mask`` / ``labels`` (-100 on prompt and padding).
 
-    T is rounded up to a multiple of ``multiple`` so grouped attention (S²-Attn) always divides it.
+    T is rounded up to a multiple of ``multiple`` so grouped attention (S²-Attn: 4 groups, shifted by half a
+    group) always divides it; evaluation (full attention) pads to the longest item only.
     """
     length = max(len(e.prompt) + len(e.answer) for e in items)
     length = -(-length // multiple) * multiple

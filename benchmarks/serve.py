@@ -483,6 +483,52 @@ def _markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def screenshot(path: Path) -> None:
+    """The try-it page on SmolLM2 (a lightly perturbed LoRA beside the base), captured in headless Chromium."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    from lorafam.serve.app import ServerThread, create_app
+    from lorafam.serve.metrics import Metrics
+
+    root = Path(tempfile.mkdtemp())
+    model, tok = lf.load_model(), lf.load_tokenizer()
+    lf.attach(model, lf.LoraConfig(rank=16, alpha=32, targets="all-linear"), name="x")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, p, _, _ in lf.core.inject.named_adapter_params(model):
+            p.add_(torch.randn(p.shape, generator=g) * 0.004)
+    lf.save_adapter(model, root / "tutor-lora", name="x")
+    lf.detach(model, "x")
+    engine = Engine(model, tok, base_id="SmolLM2-135M-Instruct", metrics=Metrics())
+    engine.load("tutor-lora", root / "tutor-lora")
+    engine.start()
+    server = ServerThread(create_app(engine)).start()
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 640})
+            page.goto(server.url + "/")
+            page.wait_for_function("document.querySelectorAll('#model-a option').length >= 2")
+            page.select_option("#model-a", "tutor-lora")
+            page.check("#side")
+            page.select_option("#model-b", "SmolLM2-135M-Instruct")
+            page.fill("#max-tokens", "40")
+            for turn, text in enumerate(["What is the capital of France?", "And of Italy?"], start=1):
+                page.fill("#input", text)
+                page.click("#send")
+                page.wait_for_function(
+                    f"document.querySelectorAll('.stats[data-tokens]').length == {2 * turn}", timeout=600_000
+                )
+            page.screenshot(path=str(path))
+            browser.close()
+    finally:
+        server.stop()
+        engine.close()
+    print(f"wrote {path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny random model, few requests (seconds)")
@@ -497,7 +543,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sweep-repeats", type=int, default=2)
     p.add_argument("--output", default=str(RESULTS / "serve.json"))
+    p.add_argument("--screenshot", default=None, help="only capture the try-it page on SmolLM2 to this PNG")
     args = p.parse_args()
+    if args.screenshot:
+        screenshot(Path(args.screenshot))
+        return
     if args.smoke:
         args.requests, args.in_len, args.out_len, args.repeats, args.sweep_repeats = 16, 16, 8, 1, 1
         args.adapters = "1,4"

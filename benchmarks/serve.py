@@ -59,15 +59,22 @@ def _base(args: argparse.Namespace) -> tuple[Any, Any, str]:
     return lf.load_model(), lf.load_tokenizer(), None
 
 
+_SCRATCH: dict[str | None, Any] = {}
+
+
 def _write(model_dir: str | None, out: Path, cfg: lf.AdapterConfig, seed: int) -> Path:
-    model = lf.load_model(model_dir)
-    lf.attach(model, cfg, name="default")
+    """A random (non-identity) adapter saved in PEFT's layout; one scratch model per base, adapters detached."""
+    if model_dir not in _SCRATCH:
+        _SCRATCH[model_dir] = lf.load_model(model_dir)
+    model = _SCRATCH[model_dir]
+    lf.attach(model, cfg, name="scratch")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, p, role, _ in lf.core.inject.named_adapter_params(model):
             noise = torch.randn(p.shape, generator=g) * 0.02
             p.mul_(1 + noise) if role == "magnitude" else p.add_(noise)
-    lf.save_adapter(model, out)
+    lf.save_adapter(model, out, name="scratch")
+    lf.detach(model, "scratch")
     return out
 
 
@@ -544,7 +551,13 @@ def main() -> None:
     p.add_argument("--sweep-repeats", type=int, default=2)
     p.add_argument("--output", default=str(RESULTS / "serve.json"))
     p.add_argument("--screenshot", default=None, help="only capture the try-it page on SmolLM2 to this PNG")
+    p.add_argument("--render", action="store_true", help="only rewrite the BENCHMARKS.md section from --output")
     args = p.parse_args()
+    if args.render:
+        import json
+
+        update_markdown_section("serve", _markdown(json.loads(Path(args.output).read_text())))
+        return
     if args.screenshot:
         screenshot(Path(args.screenshot))
         return
@@ -552,9 +565,12 @@ def main() -> None:
         args.requests, args.in_len, args.out_len, args.repeats, args.sweep_repeats = 16, 16, 8, 1, 1
         args.adapters = "1,4"
     warnings.filterwarnings("ignore")
+    import json
     import os
 
+    previous = json.loads(Path(args.output).read_text()) if Path(args.output).exists() and not args.smoke else {}
     res: dict[str, Any] = {
+        **previous,
         "machine": machine_info(),
         "load_avg": round(os.getloadavg()[0], 1),
         "args": {

@@ -185,12 +185,14 @@ class _AdapterSet:
             if any(lr.g is not None for _, lr in parts):
                 n_out = sb.shape[1]
                 g_stack = torch.ones(len(recs) + 1, n_out, dtype=dtype, device=device)
-                c_stack = torch.zeros(len(recs) + 1, n_out, dtype=dtype, device=device)
                 for k, lr in parts:
                     if lr.g is not None:
                         g_stack[k + 1] = lr.g
-                        if lr.c is not None:
-                            c_stack[k + 1] = lr.c
+            if any(lr.c is not None for _, lr in parts):  # DoRA on a layer with a bias
+                c_stack = torch.zeros(len(recs) + 1, sb.shape[1], dtype=dtype, device=device)
+                for k, lr in parts:
+                    if lr.c is not None:
+                        c_stack[k + 1] = lr.c
             self.layers[path] = (a, sb, seg, g_stack, c_stack)
 
 
@@ -205,9 +207,8 @@ class _Mixed:
         self.plans: dict[str, tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]] = {}
         for path, (a, sb, seg, g_stack, c_stack) in adapter_set.layers.items():
             mask = (row_adapter[:, None] == seg[None, :]).to(dtype)  # (B, Σr)
-            g = c = None
-            if g_stack is not None:
-                g, c = g_stack[row_adapter + 1][:, None, :], c_stack[row_adapter + 1][:, None, :]
+            g = None if g_stack is None else g_stack[row_adapter + 1][:, None, :]
+            c = None if c_stack is None else c_stack[row_adapter + 1][:, None, :]
             self.plans[path] = (a, sb, mask, g, c)
 
     def apply(self, path: str, x: Tensor, out: Tensor) -> None:
@@ -218,7 +219,9 @@ class _Mixed:
         n_in, n_out = x.shape[-1], out.shape[-1]
         h = (x.reshape(-1, n_in) @ a).mul_(mask)
         if g is not None:
-            out.mul_(g).add_(c)
+            out.mul_(g)
+        if c is not None:
+            out.add_(c)
         out.view(-1, n_out).addmm_(h, sb)
 
 

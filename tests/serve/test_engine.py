@@ -33,8 +33,12 @@ def test_mixed_batch_with_dora_on_biased_layers_equals_each_alone(tmp_path, toke
 
     model_dir = _biased_model_dir(tmp_path, tokenizer)
     paths = {
-        "dora": write_adapter(model_dir, tmp_path / "dora", lf.DoraConfig(rank=4, alpha=8, targets="all-linear"), 1),
-        "lora": write_adapter(model_dir, tmp_path / "lora", lf.LoraConfig(rank=8, alpha=8, targets="all-linear"), 2),
+        "dora": write_adapter(
+            model_dir, tmp_path / "dora", lf.DoraConfig(rank=4, alpha=8, targets="all-linear"), 1
+        ),
+        "lora": write_adapter(
+            model_dir, tmp_path / "lora", lf.LoraConfig(rank=8, alpha=8, targets="all-linear"), 2
+        ),
     }
     engine = Engine(lf.load_model(str(model_dir)), tokenizer, base_id="b", config=EngineConfig(merge_hot=False))
     for name, path in paths.items():

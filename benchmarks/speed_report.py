@@ -18,7 +18,7 @@ def _row(target: str, r: dict[str, Any] | None, limit: float, higher: bool = Fal
     if r is None:
         return {
             "target": target,
-            "limit": limit,
+            "limit": f"{'≥' if higher else '≤'} {limit}",
             "measured": "not measured",
             "status": "not measured",
             "note": note,
@@ -43,11 +43,11 @@ def summary(d: dict[str, Any]) -> list[dict[str, Any]]:
     rss = (d.get("rss") or {}).get("ratios", {})
     s2 = d.get("s2") or {}
     shape = (d.get("train") or {}).get("shape", {})
-    at = f"{shape.get('batch')}×{shape.get('seq')}"
-    arena = f"{shape.get('arena_batch')}×{shape.get('arena_seq')}"
+    at = f"batch {shape['batch']}×{shape['seq']}" if shape else ""
+    arena = f"batch {shape['arena_batch']}×{shape['arena_seq']}" if shape else "the arena's shape"
     rows = [
         _row("DoRA train step / LoRA's", tr.get("dora / lora"), 1.10, note=at),
-        _row("LoRA train step / PEFT LoRA's", tr.get("lora / peft-lora"), 1.0, note=f"{at}; was 0.96"),
+        _row("LoRA train step / PEFT LoRA's", tr.get("lora / peft-lora"), 1.0, note=f"{at} (issue: 0.96, keep it)"),
         _row("QLoRA train step / fp32 LoRA's", tr.get("qlora / lora"), 1.2, note=at),
         _row("QLoRA train step / fp32 LoRA's, arena shape", tr.get("qlora / lora, arena shape"), 1.2, note=arena),
         _row("QLoRA peak RSS / fp32 LoRA's", _single(rss.get("qlora / lora")), 1.0, note="own process each"),
@@ -87,7 +87,7 @@ def _single(v: float | None) -> dict[str, Any] | None:
 
 def _machine_line(d: dict[str, Any]) -> str:
     m = d["machine"]
-    amx = m.get("amx")
+    amx = "amx_bf16" in m["cpu_flags"]
     return (
         f"Machine: **{m['cpu']}**, AMX: **{'yes' if amx else 'no'}** (flags: {', '.join(m['cpu_flags']) or 'none'}; "
         f"torch capability {m['torch_cpu_capability']}, oneDNN bf16 {m['onednn_bf16_supported']}), "

@@ -47,7 +47,9 @@ def summary(d: dict[str, Any]) -> list[dict[str, Any]]:
     arena = f"batch {shape['arena_batch']}×{shape['arena_seq']}" if shape else "the arena's shape"
     rows = [
         _row("DoRA train step / LoRA's", tr.get("dora / lora"), 1.10, note=at),
-        _row("LoRA train step / PEFT LoRA's", tr.get("lora / peft-lora"), 1.0, note=f"{at} (issue: 0.96, keep it)"),
+        _row(
+            "LoRA train step / PEFT LoRA's", tr.get("lora / peft-lora"), 1.0, note=f"{at} (issue: 0.96, keep it)"
+        ),
         _row("QLoRA train step / fp32 LoRA's", tr.get("qlora / lora"), 1.2, note=at),
         _row("QLoRA train step / fp32 LoRA's, arena shape", tr.get("qlora / lora, arena shape"), 1.2, note=arena),
         _row("QLoRA peak RSS / fp32 LoRA's", _single(rss.get("qlora / lora")), 1.0, note="own process each"),

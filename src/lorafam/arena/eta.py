@@ -12,7 +12,8 @@ record are counted as unknown, never guessed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,31 @@ class Timing:
             eval_item_s=float(ph.get("eval", 0)) / max(items, 1.0),
             forget_s=float(ph.get("forgetting", 0)) / evals,
         )
+
+
+SHIPPED = Path(__file__).with_name("timings.json")
+
+
+def shipped_timings() -> tuple[dict[tuple[str, str, str], Timing], str]:
+    """The per-run timings shipped with lorafam (measured on the development machine), and where they came from,
+    so a fresh machine's ``--dry-run`` has an estimate before it has timed anything."""
+    if not SHIPPED.is_file():
+        return {}, ""
+    d = json.loads(SHIPPED.read_text(encoding="utf-8"))
+    out = {tuple(k.split("|")): Timing(**v) for k, v in d.get("timings", {}).items()}
+    return out, str(d.get("machine", ""))  # type: ignore[return-value]
+
+
+def write_shipped(folder: str | Path, path: str | Path = SHIPPED, machine: str = "") -> int:
+    """Store the timings measured under ``folder`` as the shipped fallback (``scripts``/maintainers only)."""
+    from lorafam.arena.results import atomic_write_json
+
+    timings = measured_timings(folder)
+    atomic_write_json(
+        path,
+        {"machine": machine, "timings": {"|".join(k): asdict(v) for k, v in sorted(timings.items())}},
+    )
+    return len(timings)
 
 
 def measured_timings(folder: str | Path) -> dict[tuple[str, str, str], Timing]:
@@ -142,6 +168,19 @@ def describe(total_s: float, unknown: list[str], n_runs: int) -> str:
 
 
 def summarize(experiments: list[Experiment], folder: str | Path) -> dict[str, Any]:
+    """The plan's estimate from the timings measured under ``folder``; where nothing comparable was measured
+    there yet (a fresh machine), from the timings shipped with lorafam, and the text says so."""
     timings = measured_timings(folder) if Path(folder).exists() else {}
     total, unknown = estimate_plan(experiments, timings)
-    return {"seconds": total, "unknown": unknown, "text": describe(total, unknown, len(experiments))}
+    text = describe(total, unknown, len(experiments))
+    if unknown:
+        shipped, machine = shipped_timings()
+        if shipped:
+            total2, unknown2 = estimate_plan(experiments, {**shipped, **timings})
+            if len(unknown2) < len(unknown):
+                total, unknown = total2, unknown2
+                text = describe(total, unknown, len(experiments)).replace(
+                    "(from timings measured here)",
+                    f"(from the timings shipped with lorafam, measured on {machine})",
+                )
+    return {"seconds": total, "unknown": unknown, "text": text}

@@ -34,7 +34,7 @@ from lorafam.arena.results import (
     read_result,
     write_result,
 )
-from lorafam.arena.spec import Experiment
+from lorafam.arena.spec import Experiment, run_hash
 
 KEPT_APART = "_kept-apart"
 
@@ -63,7 +63,9 @@ def is_done(path: Path, exp: Experiment, env_key: str) -> tuple[bool, bool]:
         return False, False
     if r.meta_info.env_key != env_key:
         return False, True
-    return r.run_info.status in ("ok", "skipped") and r.run_info.spec_hash == exp.spec_hash, False
+    # the identity is recomputed from the settings the run stored, so records from an earlier hashing rule still match
+    same = run_hash(r.run_info.impl, r.run_info.member, r.run_info.task, r.train_info.settings) == exp.spec_hash
+    return r.run_info.status in ("ok", "skipped") and same, False
 
 
 def reusable(root: Path, budget: str, exp: Experiment, env_key: str) -> Path | None:

@@ -55,9 +55,7 @@ class Experiment:
 
     @property
     def spec_hash(self) -> str:
-        # the bf16 micro-benchmark's timings vary run to run; only its decision ("bf16") is part of the identity
-        settings = {k: v for k, v in self.settings.items() if k != "bf16_probe"}
-        return spec_hash({"impl": self.impl, "member": self.member, "task": self.task, **settings})
+        return run_hash(self.impl, self.member, self.task, self.settings)
 
     def run_info(self, **fields: Any) -> RunInfo:
         """A ``RunInfo`` naming this experiment, with the given status / timing fields."""
@@ -78,6 +76,17 @@ class Experiment:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Experiment:
         return cls(d["impl"], d["member"], d["task"], int(d["seed"]), d["budget"], dict(d["settings"]))
+
+
+# Settings that change how fast a run goes, not what it computes: not part of a run's identity.
+EXECUTION_ONLY = ("bf16_probe", "threads")
+
+
+def run_hash(impl: str, member: str, task: str, settings: dict[str, Any]) -> str:
+    """A run's identity: what it computes (the bf16 micro-benchmark's timings and the thread count are left out;
+    only the bf16 *decision* counts), so a run done with 1 thread is the same run as with 2."""
+    kept = {k: v for k, v in settings.items() if k not in EXECUTION_ONLY}
+    return spec_hash({"impl": impl, "member": member, "task": task, **kept})
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

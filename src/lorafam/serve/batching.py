@@ -122,6 +122,8 @@ class GenRequest:
     prompt_logprobs: int | None = None
     """Also score the prompt tokens (``echo`` with ``logprobs``); the prompt is then recomputed, not reused."""
     ignore_eos: bool = False
+    use_prefix_cache: bool = True
+    """False: compute the whole prompt even when the shared cache holds some of it (benchmarks' baseline)."""
     on_event: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
     cancelled: bool = False
     submitted: float = field(default_factory=time.perf_counter)
@@ -777,8 +779,8 @@ class Engine:
     def _prefill(self, row: _Row) -> None:
         req = row.req
         ns, limit, _ = self._namespace(row)
-        if req.prompt_logprobs is not None:
-            limit = 0  # every prompt position's logits are needed
+        if req.prompt_logprobs is not None or not req.use_prefix_cache:
+            limit = 0  # every prompt position's logits are needed / asked not to reuse
         blocks = self.prefix.lookup(ns, row.ids, limit) if limit > 0 else []
         row.reused = len(blocks) * self.prefix.block
         row.slot = self.kv.add_row()

@@ -416,12 +416,21 @@ def _markdown(res: dict[str, Any]) -> str:
     lines = [
         "## Serving many adapters (`lorafam serve`'s engine)",
         "",
-        f"`python -m benchmarks.serve` on {m.get('cpu', '?')}, {m.get('threads', '?')} threads, load average "
+        f"`python -m benchmarks.serve` on {m.get('cpu', '?')}, torch threads: {m.get('threads', '?')}, load average "
         f"{res['load_avg']} at the start (a shared machine: read the ratios, which are medians of interleaved runs). "
         f"SmolLM2-135M-Instruct fp32, random adapters, in {res['args']['in_len']} / out {res['args']['out_len']} "
         "tokens, EOS ignored. Workload knobs as in S-LoRA (arXiv 2311.03285).",
         "",
     ]
+    if res.get("note"):
+        lines += [f"*{res['note']}*", ""]
+    missing = [p for p in ("mixed", "sweep", "merge", "alora") if p not in res]
+    if missing:
+        lines += [
+            f"Not measured in this run: {', '.join(missing)} — run `python -m benchmarks.serve --parts "
+            f"{','.join(missing)}` on a quiet machine (the tiny-model `--smoke` run exercises every part).",
+            "",
+        ]
     if "mixed" in res:
         x = res["mixed"]
         t = x["tokens_per_s"]

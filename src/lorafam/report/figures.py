@@ -52,6 +52,13 @@ def _plain_log(axis: Any, suffix: str = "", subs: tuple[float, ...] = (1.0, 2.0,
     axis.set_minor_formatter(NullFormatter())
 
 
+def _integer_steps(ax: Any) -> None:
+    """Training steps are whole numbers: no 2.5 on the step axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+
+
 def _png(fig: Any) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -154,6 +161,7 @@ def loss_curves(runs: dict[str, list[list[list[float]]]], w: dict[str, str], lan
             ax.fill_between(steps, [min(p) for p in per], [max(p) for p in per], color=colour, alpha=0.18, lw=0)
     ax.set_yscale("log")
     _plain_log(ax.yaxis)
+    _integer_steps(ax)
     ax.set_xlabel(w["steps"])
     ax.set_ylabel(w["loss"])
     ax.legend(frameon=False)
@@ -172,6 +180,7 @@ def eval_curves(points: dict[str, list[tuple[float, float, float, float]]], w: d
         xs = [p[0] for p in pts]
         ax.plot(xs, [p[1] for p in pts], color=colour, marker=marker, ms=5, lw=1.6, label=member)
         ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], color=colour, alpha=0.15, lw=0)
+    _integer_steps(ax)
     ax.set_xlabel(w["steps"])
     ax.set_ylabel(w["acc"])
     ax.set_ylim(bottom=0)

@@ -34,6 +34,13 @@ CHAPTERS: list[tuple[str, list[str]]] = [
     ("relatives", ["adalora", "longlora", "rslora"]),
     ("gods", ["quantum", "mopeft", "alora"]),
 ]
+UNDECIDED = getattr(C, "UNDECIDED", "undecided")  # an interval that still straddles the claim's threshold
+LEADS = {
+    C.SUPPORTED: "lead_supported",
+    C.CONTRADICTED: "lead_contradicted",
+    C.MIXED: "lead_mixed",
+    UNDECIDED: "lead_undecided",
+}
 MEMBER_CLAIMS: dict[str, list[str]] = {
     "lora": ["lora_two_matrices", "lora_forgets"],
     "qlora": ["qlora_quarter", "qlora_70b"],
@@ -103,27 +110,38 @@ def _opening(art: Article) -> list[Block]:
     from lorafam.family import family
 
     b = [Block("h2", art.t("h_open"))] + _p(art.t("flair_open"))
-    full = art.verdicts.get("full_ft")
-    if full and full.verdict != C.NM:
-        args = {k: art.num(f"full_ft.{k}", full.args[k]) for k in ("step", "rss", "params")}
+    d = art.data
+    full, lora = d.row("full", "full-ft"), d.row("lorafam", "lora")
+    ratios = _ratios(full, lora) if full and lora and full.ok_runs() and lora.ok_runs() else None
+    if ratios:
+        args = {k: art.num(f"full_ft.{k}", v) for k, v in ratios.items()}
         b += _p(art.t("open_cost", **args))
         fw = art.fw
-        items = [
-            (fw["cost_step"], args["step"]),
-            (fw["cost_rss"], args["rss"]),
-            (fw["cost_params"], args["params"]),
-        ]
+        items = [(fw[f"cost_{k}"], args[k]) for k in ("step", "rss", "params")]
         b += art.figure("cost", "cap_cost", F.ratio_bars(items, fw, figure_lang(art.lang), fw["cost_title"]))
     else:
         b += _p(art.t("open_no_full"))
-    two = art.verdicts.get("lora_two_matrices")
-    if two and two.verdict != C.NM:
-        args = {k: art.num(f"lora.{k}", two.args[k]) for k in ("trainable", "total", "pct")}
+    if lora and lora.ok_runs() and lora.mean("total_params"):
+        trainable, total = lora.mean("trainable_params") or 0, lora.mean("total_params")
+        args = {"trainable": int(trainable), "total": int(total), "pct": 100 * trainable / total}
+        args = {k: art.num(f"lora.{k}", v) for k, v in args.items()}
         b += _p(art.t("open_lora", **args), art.sp, art.t("open_plugin"))
     changes = {m.name: art.w.CHANGES.get(m.name, "") for m in family()}
     if figure_lang(art.lang) != art.lang:
         changes = {m.name: WORDS["en"].CHANGES.get(m.name, "") for m in family()}
     return b + art.figure("tree", "cap_tree", F.family_tree(family(), changes, art.fw, figure_lang(art.lang)))
+
+
+def _ratios(full: Row, lora: Row) -> dict[str, float] | None:
+    """Full fine-tuning over LoRA: time per step, peak memory, trainable parameters (None if one is missing)."""
+    pairs = {
+        "step": (full.mean("seconds_per_step"), lora.mean("seconds_per_step")),
+        "rss": (full.mean_run("peak_rss_mb"), lora.mean_run("peak_rss_mb")),
+        "params": (full.mean("trainable_params"), lora.mean("trainable_params")),
+    }
+    if not all(a and b for a, b in pairs.values()):
+        return None
+    return {k: a / b for k, (a, b) in pairs.items()}
 
 
 def member_section(art: Article, m: Any, heading: bool) -> list[Block]:
@@ -257,11 +275,7 @@ def _reason(art: Article, v: C.Verdict) -> str:
 
 
 def _claim(art: Article, v: C.Verdict) -> list[Block]:
-    lead = art.t(
-        {C.SUPPORTED: "lead_supported", C.CONTRADICTED: "lead_contradicted", C.MIXED: "lead_mixed"}.get(
-            v.verdict, "lead_nm"
-        )
-    )
+    lead = art.t(LEADS.get(v.verdict, "lead_nm"))
     if v.verdict == C.SUPPORTED:
         sp = art.sp
         return _p(lead, sp, CLAIMS[art.lang][v.claim], sp, _reason(art, v), sp, cite(v.cite) if v.cite else "")
@@ -290,12 +304,10 @@ def _closing(art: Article) -> list[Block]:
             b += _claim(art, v)
     b += _cited(art, "peft_full", "peft_bench")
     b += AF.gaps(art)
-    counts = {
-        s: sum(v.verdict == s for v in art.verdicts.values()) for s in (C.SUPPORTED, C.CONTRADICTED, C.MIXED)
-    }
-    nm = sum(v.verdict == C.NM for v in art.verdicts.values())
-    args = {"n": len(art.verdicts), "s": counts[C.SUPPORTED], "c": counts[C.CONTRADICTED], "m": counts[C.MIXED]}
-    return b + _p(art.t("close_tally", nm=nm, **{k: art.num(f"tally.{k}", v) for k, v in args.items()}))
+    count = {s: sum(v.verdict == s for v in art.verdicts.values()) for s in (*LEADS, C.NM)}
+    args = {"n": len(art.verdicts), "s": count[C.SUPPORTED], "c": count[C.CONTRADICTED], "m": count[C.MIXED]}
+    args |= {"u": count[UNDECIDED], "nm": count[C.NM]}
+    return b + _p(art.t("close_tally", **{k: art.num(f"tally.{k}", v) for k, v in args.items()}))
 
 
 def _notes(art: Article, command: str) -> list[Block]:

@@ -19,8 +19,8 @@ from lorafam.report.text import _Safe
 def for_member(art: Article, member: str) -> list[Block]:
     """The figure that goes with ``member``'s verdict, if any (QLoRA: 70B memory; LoRA+: curves; …)."""
     d, fw, fl = art.data, art.fw, figure_lang(art.lang)
-    if member == "qlora" and "qlora_70b" in art.verdicts and art.verdicts["qlora_70b"].verdict != C.NM:
-        a = art.verdicts["qlora_70b"].args
+    a = art.verdicts["qlora_70b"].args if "qlora_70b" in art.verdicts else {}
+    if member == "qlora" and isinstance(a.get("bits"), float) and isinstance(a.get("weights_gib"), float):
         gib16 = C.LLAMA2_70B_PARAMS * 16 / 8 / 2**30
         items = [(fw["mem_16"], gib16), (_Safe().format(fw["mem_q"], bits=a["bits"]), a["weights_gib"])]
         return art.figure(

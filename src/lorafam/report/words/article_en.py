@@ -79,10 +79,12 @@ ART: dict[str, str] = {
     "lead_supported": "On this line, the draft holds up.",
     "lead_contradicted": "On this line, the numbers say no.",
     "lead_mixed": "Only partly right.",
+    "lead_undecided": "Not settled yet: the interval still straddles the threshold.",
     "lead_nm": "This one cannot be measured here; what it needs is noted.",
     "lead_supported@plain": "Verdict: supported.",
     "lead_contradicted@plain": "Verdict: contradicted.",
     "lead_mixed@plain": "Verdict: mixed.",
+    "lead_undecided@plain": "Verdict: undecided.",
     "lead_nm@plain": "Verdict: not measurable here.",
     "cited": "Elsewhere: ",
     "flair_founder": "The family tree starts here; every later member is this one with something changed.",
@@ -92,8 +94,8 @@ ART: dict[str, str] = {
     "flair_relatives": "Every big family has a few relatives nobody quite understands.",
     "flair_gods": "2025 brought three newcomers, each with a loud slogan.",
     "flair_close": "The draft calls full fine-tuning a dinosaur. Whether it is dying out is a matter of accounts.",
-    "close_tally": "This article checked {n} claims: {s} supported, {c} contradicted, {m} mixed, {nm} not measurable "
-    "here.",
+    "close_tally": "This article checked {n} claims: {s} supported, {c} contradicted, {m} mixed, {u} undecided, {nm} not "
+    "measurable here.",
     "close_size": 'The draft said adapters are "a few hundred MB".',
     "notes": "Budget {budget}: tasks {tasks}, seeds {seeds}; machine {cpu}, {cores} cores; lorafam {version} (git "
     "{commit}). These two commands rerun every number on your machine:",

@@ -77,10 +77,12 @@ ART: dict[str, str] = {
     "lead_supported": "原稿这一句，实测站得住。",
     "lead_contradicted": "这一句，数字不答应。",
     "lead_mixed": "只对了一部分。",
+    "lead_undecided": "还没有定论：区间还跨在门槛两边。",
     "lead_nm": "这一句这里测不了，先记下需要什么条件。",
     "lead_supported@plain": "结论：成立。",
     "lead_contradicted@plain": "结论：不成立。",
     "lead_mixed@plain": "结论：部分成立。",
+    "lead_undecided@plain": "结论：尚无定论。",
     "lead_nm@plain": "结论：此处无法测量。",
     "cited": "旁证：",
     # flourishes per chapter (no facts)
@@ -92,7 +94,7 @@ ART: dict[str, str] = {
     "flair_gods": "2025 年，家族里来了三位新人，个个口号响亮。",
     "flair_close": "原稿把全量微调比作恐龙。恐龙是不是要灭绝，看账本。",
     # closing
-    "close_tally": "本文核对了 {n} 条说法：成立 {s} 条，不成立 {c} 条，部分成立 {m} 条，这里测不了的 {nm} 条。",
+    "close_tally": "本文核对了 {n} 条说法：成立 {s} 条，不成立 {c} 条，部分成立 {m} 条，尚无定论 {u} 条，这里测不了的 {nm} 条。",
     "close_size": "原稿说适配器有“几百 MB”。",
     # notes
     "notes": "预算 {budget}：任务 {tasks}，种子 {seeds}；机器 {cpu}，{cores} 核；lorafam {version}（git {commit}）。"

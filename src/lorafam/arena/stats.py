@@ -215,7 +215,7 @@ def steps_ratio_interval(
         r, c = ema(r_means, beta), ema(c_means, beta)
         ref_steps = first_reach(r, r[-1]) or float(steps)
         reach = first_reach(c, r[-1])
-        return None if reach is None else ref_steps / reach
+        return None if reach is None else float(ref_steps / reach)
 
     rng = np.random.default_rng(seed)
     est = ratio(None)

@@ -10,7 +10,7 @@ from typing import Any
 
 from lorafam.report import advice as A
 from lorafam.report import claims as C
-from lorafam.report.data import ReportData, Row, spread
+from lorafam.report.data import ReportData, Row, paired, spread
 from lorafam.report.render import Block
 from lorafam.report.text import CLAIMS, REASONS, UI, VERDICTS, idea, say, series_name
 
@@ -199,6 +199,7 @@ def build_blocks(
         Block("p", say(lang, UI, "league_intro", n=data.settings.get("forget_prompts"))),
         Block("table", headers=_headers(lang, data), rows=rows),
     ]
+    b += _differences(lang, data)
     b += _plots(lang, data, figures) + _claims(lang, verdicts) + _problems(lang, data)
     return b + notes(lang, data, command)
 
@@ -208,7 +209,22 @@ def _opening(lang: str, data: ReportData) -> list[Block]:
     ok = sum(r.run_info.status == "ok" for r in runs)
     counts = {"runs": len(runs), "ok": ok, "failed": len(data.failed), "skipped": len(data.skipped)}
     b = [Block("h1", UI[lang]["title"]), Block("p", say(lang, UI, "lede", budget=data.budget, **counts))]
-    if data.budget == "quick" or len(data.seeds) < 2:
+    task = C.primary_task(data)
+    gain = paired(data.row("lorafam", "lora"), data.row("base", "base"), task, "em")
+    if gain is not None:  # per-item records: every difference has a paired interval
+        args = {
+            "budget": data.budget,
+            "steps": data.settings.get("steps"),
+            "batch": data.settings.get("batch_size"),
+            "seeds": len(data.seeds),
+            "items": gain.n_items,
+            "task": task,
+            "gain": 100 * gain.estimate,
+            "gain_lo": 100 * gain.low,
+            "gain_hi": 100 * gain.high,
+        }
+        b.append(Block("p", say(lang, UI, "lede_iv", **args)))
+    elif data.budget == "quick" or len(data.seeds) < 2:
         args = {
             "budget": data.budget,
             "steps": data.settings.get("steps"),
@@ -218,6 +234,28 @@ def _opening(lang: str, data: ReportData) -> list[Block]:
         }
         b.append(Block("p", say(lang, UI, "cannot_rank", **args)))
     return b
+
+
+def _differences(lang: str, data: ReportData) -> list[Block]:
+    """Every row − LoRA on the primary task with its paired 95 % intervals (exact match and answer NLL)."""
+    task = C.primary_task(data)
+    diffs = [d for d in C.differences(data, task) if d["em"]]
+    if not diffs:
+        return []
+    u = UI[lang]
+
+    def cell(iv: dict[str, Any] | None, k: float, spec: str) -> str:
+        if not iv:
+            return "—"
+        e, lo, hi = (format(k * iv[x], spec) for x in ("estimate", "low", "high"))
+        return f"{e} [{lo}, {hi}]"
+
+    rows = [[d["label"], cell(d["em"], 100, "+.1f"), cell(d["nll"], 1, "+.4f"), d["flag"] or "—"] for d in diffs]
+    return [
+        Block("h2", u["diff_h"]),
+        Block("p", say(lang, UI, "diff_intro", task=task, items=diffs[0]["em"]["n_items"])),
+        Block("table", headers=[u["col_member"], u["col_em_diff"], u["col_nll_diff"], u["col_flag"]], rows=rows),
+    ]
 
 
 def _tree(lang: str, figures: dict[str, bytes | None]) -> list[Block]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from lorafam.report.words import en, zh
+from lorafam.report.words import en, intervals, zh
 
 
 class _Safe(string.Formatter):
@@ -26,11 +26,17 @@ def say(lang: str, table: dict[str, dict[str, str]], key: str, **args: Any) -> s
     return _Safe().format(table[lang][key], **args)
 
 
-VERDICTS: dict[str, dict[str, str]] = {"en": en.VERDICTS, "zh": zh.VERDICTS}
+VERDICTS: dict[str, dict[str, str]] = {
+    "en": {**en.VERDICTS, **intervals.VERDICTS_EN},
+    "zh": {**zh.VERDICTS, **intervals.VERDICTS_ZH},
+}
 SERIES_NAMES: dict[str, dict[str, str]] = {"en": en.SERIES_NAMES, "zh": zh.SERIES_NAMES}
-UI: dict[str, dict[str, str]] = {"en": en.UI, "zh": zh.UI}
+UI: dict[str, dict[str, str]] = {"en": {**en.UI, **intervals.UI_EN}, "zh": {**zh.UI, **intervals.UI_ZH}}
 CLAIMS: dict[str, dict[str, str]] = {"en": en.CLAIMS, "zh": zh.CLAIMS}
-REASONS: dict[str, dict[str, str]] = {"en": en.REASONS, "zh": zh.REASONS}
+REASONS: dict[str, dict[str, str]] = {
+    "en": {**en.REASONS, **intervals.EN},  # the interval-based claim rules' sentences (arena's)
+    "zh": {**zh.REASONS, **intervals.ZH},
+}
 # One-line ideas in Chinese, per registry member (a member added later falls back to its English idea).
 ZH_IDEAS: dict[str, str] = zh.IDEAS
 

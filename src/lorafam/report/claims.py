@@ -219,6 +219,7 @@ def check_all(data: ReportData) -> list[Verdict]:
 
 
 def lora_two_matrices(data: ReportData) -> Verdict:
+    """Claim: "LoRA freezes the base model and trains two small matrices" (draft ch. 1): the trainable share of the model."""
     lora = data.row("lorafam", "lora")
     cite = "arXiv 2106.09685"
     if lora is None or not lora.ok_runs():
@@ -249,6 +250,7 @@ def _bits(row: Row | None) -> float | None:
 
 
 def qlora_quarter(data: ReportData) -> Verdict:
+    """Claim: "QLoRA's 4-bit base is 1/4 the size of a 16-bit base" (draft ch. 2): measured bits per frozen weight over 16."""
     q = _quantized_row(data)
     bits_q, bits_ref = _bits(q), _bits(data.row("lorafam", "lora"))
     cite = "arXiv 2305.14314"
@@ -306,6 +308,7 @@ def estimates_table() -> list[tuple[str, int, float, float]]:
 
 
 def qlora_70b(data: ReportData) -> Verdict:
+    """Claim: "QLoRA lets a 24 GB card (a 4090) fine-tune a 70B model" (draft ch. 2): 70B weights at the measured bits per weight."""
     bits = _bits(_quantized_row(data))
     cite = "arXiv 2305.14314; arXiv 2307.09288"
     if bits is None:
@@ -357,6 +360,7 @@ def _ttft_series(bench: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
 
 
 def alora_latency(data: ReportData) -> Verdict:
+    """Claim: "aLoRA keeps latency constant however long the chat" (draft ch. 6): time to first token against history length."""
     cite = "arXiv 2504.12397; arXiv 2512.17910"
     bench = data.benchmarks.get("alora_ttft")
     series = _ttft_series(bench) if bench else {}
@@ -382,6 +386,7 @@ def alora_latency(data: ReportData) -> Verdict:
 
 
 def full_ft_cost(data: ReportData) -> Verdict:
+    """Claim: "full fine-tuning is huge, slow and expensive" (draft closing): step time, peak memory and trainable parameters against LoRA."""
     full, lora = data.row("full", "full-ft"), data.row("lorafam", "lora")
     if full is None or lora is None or not full.ok_runs() or not lora.ok_runs():
         return Verdict("full_ft", NM, "no_run", {"member": "full-ft"})
@@ -401,6 +406,7 @@ def full_ft_cost(data: ReportData) -> Verdict:
 
 
 def adapter_size(data: ReportData) -> Verdict:
+    """Claim: "adapters are a few hundred MB" (draft closing): the measured adapter file, extrapolated to 7B."""
     lora = data.row("lorafam", "lora")
     if lora is None or not lora.mean("adapter_bytes"):
         return Verdict("adapter_size", NM, "no_run", {"member": "lora"})
@@ -452,7 +458,9 @@ def _kl_at_gain(pts: list[tuple[float, list[float]]], gain: float) -> list[float
 
 
 def lora_forgets(data: ReportData) -> Verdict:
-    """Forgetting is judged against full fine-tuning at a matched gain on the task: KL(base ‖ tuned) on the
+    """Claim: "LoRA makes the model forget general knowledge" (draft ch. 1): forgetting KL against the probe floor and against full fine-tuning.
+
+    Forgetting is judged against full fine-tuning at a matched gain on the task: KL(base ‖ tuned) on the
     general prompts, read off each run's learning curve where it first reaches the smaller of the two final
     gains, compared text by text (paired bootstrap over the general texts)."""
     task = primary_task(data)
@@ -487,7 +495,9 @@ def lora_forgets(data: ReportData) -> Verdict:
 
 
 def loraplus_claim(data: ReportData) -> Verdict:
-    """ "Doubles training speed" = LoRA's steps / LoRA+'s steps to reach LoRA's final smoothed training loss (same
+    """Claim: "LoRA+ doubles training speed and adds 1-2 points" (draft ch. 3): accuracy gap to LoRA and steps to LoRA's final loss.
+
+     "Doubles training speed" = LoRA's steps / LoRA+'s steps to reach LoRA's final smoothed training loss (same
     data order, paired curves; threshold 2); "adds 1–2 points" = exact match LoRA+ − LoRA (threshold +1 point)."""
     task = primary_task(data)
     lora, plus = data.row("lorafam", "lora"), data.row("lorafam", "loraplus")
@@ -528,7 +538,9 @@ def loraplus_claim(data: ReportData) -> Verdict:
 
 
 def dora_vs_full(data: ReportData) -> Verdict:
-    """DoRA − full fine-tuning per task, paired: exact match decides (threshold 0); where both sit at the ceiling
+    """Claim: "DoRA beats full fine-tuning on many tasks" (draft ch. 4): DoRA minus full fine-tuning, per task.
+
+    DoRA − full fine-tuning per task, paired: exact match decides (threshold 0); where both sit at the ceiling
     (≥ 95 %) and the exact-match interval is undecided, the answer NLL decides (lower is better)."""
     dora, full = data.row("lorafam", "dora"), data.row("full", "full-ft")
     cite = "arXiv 2402.09353"
@@ -566,7 +578,9 @@ def _seed_matrix(row: Row, task: str, metric: str, seeds: list[int]) -> list[lis
 
 
 def adalora_unstable(data: ReportData) -> Verdict:
-    """ "Very unstable": a failed or diverging AdaLoRA run, or loss spikes well above LoRA's, supports it. Otherwise
+    """Claim: "AdaLoRA is very unstable, be careful in production" (draft ch. 5): failures, loss spikes and seed spread against LoRA's.
+
+     "Very unstable": a failed or diverging AdaLoRA run, or loss spikes well above LoRA's, supports it. Otherwise
     the seed-to-seed spread of the answer NLL is compared with LoRA's on the same ≥ 3 seeds (ratio of standard
     deviations, bootstrap over seeds and items; threshold 2×)."""
     names = _members_by_method("adalora")
@@ -616,7 +630,9 @@ def adalora_unstable(data: ReportData) -> Verdict:
 
 
 def longlora_long_range(data: ReportData) -> Verdict:
-    """On the recall task (the answer is more than one S²-Attn group from the question), LongLoRA trained with
+    """Claim: "LongLoRA's sliced attention breaks long-range logic" (draft ch. 5): LongLoRA (trained with S2-Attn) against LoRA on the long-range task.
+
+    On the recall task (the answer is more than one S²-Attn group from the question), LongLoRA trained with
     S²-Attn and evaluated with full attention vs LoRA trained with full attention: "breaks long-range reasoning"
     = LongLoRA more than 10 points behind (threshold −10), judged only where LoRA itself learned the task."""
     names = _members_by_method("longlora")
@@ -644,7 +660,9 @@ def longlora_long_range(data: ReportData) -> Verdict:
 
 
 def quantum_tenth(data: ReportData) -> Verdict:
-    """Three parts: trainable parameters ≤ 1/10 of LoRA's, growth exponent in the layer width < 0.35 (facts), and
+    """Claim: "Quantum-PEFT needs 1/10 of LoRA's parameters at equal quality, growing logarithmically" (draft ch. 6): parameter ratio, quality gap and growth exponent.
+
+    Three parts: trainable parameters ≤ 1/10 of LoRA's, growth exponent in the layer width < 0.35 (facts), and
     equal quality = exact match not more than 5 points below LoRA's (interval above −5 supports it, below
     contradicts it; judged only where LoRA beat the base)."""
     names = _members_by_method("quantum")
@@ -676,7 +694,9 @@ def quantum_tenth(data: ReportData) -> Verdict:
 
 
 def mopeft_routes(data: ReportData) -> Verdict:
-    """On the mix task (dates and json items), the mixture of a LoRA and a DoRA expert: how its gates split per
+    """Claim: "MoPEFT routes each input to the best module" (draft ch. 6): what the learned gates do.
+
+    On the mix task (dates and json items), the mixture of a LoRA and a DoRA expert: how its gates split per
     part (mean gate of the LoRA expert per item, 95 % intervals), the difference between the parts, and which
     expert is better alone on each part (LoRA − DoRA answer NLL, paired). Routing that does not depend on the
     part (difference inside ±0.05) contradicts "routes each input"; routing that leans, on each part where one

@@ -57,8 +57,10 @@ def summary(d: dict[str, Any]) -> list[dict[str, Any]]:
         _row("unmerged DoRA decoding, × base tokens/s", gen.get("dora"), 0.90, True, "batch 1, KV cache, greedy"),
     ]
     for n, limit in (("4096", 0.70), ("2048", 0.85)):
-        rows.append(_row(f"S²-Attn / full attention at {n}", (s2.get(n) or {}).get("s2 / full"), limit,
-                         note="one layer's attention call, fwd + bwd"))  # fmt: skip
+        row = _row(f"S²-Attn / full attention at {n}", (s2.get(n) or {}).get("s2 / full"), limit,
+                   note="one layer's attention call, fwd + bwd; the whole step was not measured")  # fmt: skip
+        row["status"] += " (attention call only)" if row["status"] != "not measured" else ""
+        rows.append(row)
     m = d.get("machine") or {}
     if "bf16_auto" in m:
         auto = m["bf16_auto"]

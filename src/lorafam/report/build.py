@@ -102,6 +102,7 @@ def build_report(
         "figures": {lang: a["figures"] for lang, a in article.items()},
         "sources": {k: {"cite": s.cite, "numbers": s.numbers} for k, s in SOURCES.items()},
         "draft": DRAFT_NUMBERS,
+        "interval_level_percent": 95,  # every interval is a 2.5-97.5 % bootstrap quantile pair (arena.stats)
     }
     atomic_write_json(paths["data"], record)
     return paths

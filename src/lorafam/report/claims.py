@@ -557,7 +557,7 @@ def dora_vs_full(data: ReportData) -> Verdict:
         n = "—" if nll is None else f"{nll.estimate:+.4f} [{nll.low:+.4f}, {nll.high:+.4f}]"
         texts.append(
             f"{t}: EM {100 * em.estimate:+.1f} [{100 * em.low:+.1f}, {100 * em.high:+.1f}] pts, NLL {n} "
-            f"({em.n_items} items; decided by {metric}: {v})"
+            f"(n = {em.n_items}; {metric}: {v})"
         )
     if not parts:
         return Verdict("dora_vs_full", NM, "no_run", {"member": "dora / full-ft"}, cite)

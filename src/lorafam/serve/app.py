@@ -96,12 +96,17 @@ class UnloadRequest(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object, for JSON responses and for an error event inside a stream."""
+    return {
+        "error": {"message": message, "type": ERROR_TYPES.get(status, "APIError"), "param": param, "code": status}
+    }
+
+
 def error_response(
     status: int, message: str, param: str | None = None, retry_after: float | None = None
 ) -> JSONResponse:
-    body = {
-        "error": {"message": message, "type": ERROR_TYPES.get(status, "APIError"), "param": param, "code": status}
-    }
+    body = error_body(status, message, param)
     headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -347,16 +352,7 @@ def create_app(
                 while True:
                     kind, data = await s.queue.get()
                     if kind == "error":
-                        yield json.dumps(
-                            {
-                                "error": {
-                                    "message": data["message"],
-                                    "type": "InternalServerError",
-                                    "param": None,
-                                    "code": 500,
-                                }
-                            }
-                        )
+                        yield json.dumps(error_body(500, data["message"]))
                         return
                     base = {"id": rid, "object": "text_completion", "created": created, "model": model}
                     if kind == "text":
@@ -430,16 +426,7 @@ def create_app(
             while True:
                 kind, data = await stream.queue.get()
                 if kind == "error":
-                    yield json.dumps(
-                        {
-                            "error": {
-                                "message": data["message"],
-                                "type": "InternalServerError",
-                                "param": None,
-                                "code": 500,
-                            }
-                        }
-                    )
+                    yield json.dumps(error_body(500, data["message"]))
                     return
                 if kind == "text":
                     if data["delta"]:

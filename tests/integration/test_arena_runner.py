@@ -1,5 +1,5 @@
-"""The arena end to end on a tiny random model: subprocess per run, result schema, a crash recorded as a failed
-run, resume skips finished runs, a result from another lorafam version is kept apart and redone; then the
+"""The arena end to end on a tiny random model: one worker process for the runs, result schema, a crash recorded
+as a failed run, resume skips finished runs, a result from another lorafam version is kept apart and redone; then the
 report builds from those files."""
 
 from __future__ import annotations
@@ -64,3 +64,29 @@ def test_arena_runs_resumes_records_failures_and_keeps_apart(tmp_path: Path) -> 
     paths = build_report(res, tmp_path / "report", bench_dir=None)
     en = paths["en.md"].read_text()
     assert "| lora |" in en and bad.run_id in en and "0.0.0-other" in en
+
+
+def test_a_run_that_kills_the_worker_is_failed_and_the_next_run_gets_a_new_worker(tmp_path: Path) -> None:
+    """One worker process runs the arena; when a run takes it down (here: killed by ``--timeout`` while it starts),
+    that run is recorded as failed with the reason, and the next run starts a new worker and succeeds."""
+    from lorafam.arena.runner import Worker, run_one
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(SPEC)
+    base, lora = plan(load_spec(spec_file), "quick", members=["lora"])
+    folder = tmp_path / "res"
+    folder.mkdir()
+    worker = Worker(threads=1)
+    try:
+        assert run_one(lora, folder / "a.json", timeout_s=0.3, worker=worker) == "failed"
+        died = json.loads((folder / "a.json").read_text())["run_info"]
+        assert died["status"] == "failed" and "timed out" in died["error"]
+        assert worker.proc is None  # the dead process is gone; the next job starts a new one
+        assert run_one(base, folder / "b.json", worker=worker) == "ok"
+        first = worker.proc
+        assert run_one(lora, folder / "c.json", worker=worker) == "ok"
+        assert worker.proc is first  # one process for the runs that follow
+    finally:
+        worker.close()
+    ok = json.loads((folder / "c.json").read_text())["run_info"]
+    assert ok["cpu_s"] > 0 and 50 < ok["peak_rss_mb"] < 4000 and ok["duration_s"] > 0

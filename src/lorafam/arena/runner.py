@@ -1,11 +1,12 @@
-"""Run an arena: every experiment in its own subprocess, one at a time, resumable, with one progress bar.
+"""Run an arena: the experiments one at a time in one worker process, resumable, with one progress bar.
 
 - A finished run (status "ok", same settings hash, same lorafam version and machine) is skipped on re-run.
-- A run whose process crashes (exception, OOM kill, segfault) is recorded as "failed" with its error and log
-  tail; the arena goes on.
+- A run that raises is recorded as "failed" with its error; one that kills the worker (OOM kill, segfault,
+  ``--timeout``) is recorded as "failed" with its log tail, and a new worker takes the next run. The arena goes on.
 - A result from another lorafam version or machine is moved to ``_kept-apart/`` and the run is redone; the
   report lists what was kept apart.
-- Peak RSS comes from the kernel's accounting of the finished child (``wait4``), so it is that run's own peak.
+- Peak RSS is the kernel's high-water mark of the worker, reset at the start of each run, so it is that run's own
+  peak; CPU seconds are the worker's own, per run.
 """
 
 from __future__ import annotations
@@ -14,17 +15,16 @@ import contextlib
 import dataclasses
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from lorafam.arena.results import (
     RunResult,
@@ -127,7 +127,12 @@ def run_arena(
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, disable=not show_progress, transient=False) as bar:
+    worker = Worker(int(experiments[0].settings.get("threads", 2)))
+    cpu_s = 0.0
+    with (
+        Progress(*columns, console=console, disable=not show_progress, transient=False) as bar,
+        contextlib.closing(worker),
+    ):
         task = bar.add_task("arena", total=len(experiments))
         for i, exp in enumerate(experiments):
             path = result_path(folder, exp)
@@ -156,16 +161,17 @@ def run_arena(
             def advance(frac: float, i: int = i) -> None:
                 bar.update(task, completed=i + min(max(frac, 0.0), 0.999))
 
-            status = run_one(exp, path, device, advance, timeout_s)
+            status = run_one(exp, path, device, advance, timeout_s, worker)
             (outcome.failed if status == "failed" else outcome.ran).append(exp.run_id)
+            with contextlib.suppress(ValueError, FileNotFoundError):
+                cpu_s += read_result(path).run_info.cpu_s
             bar.update(task, completed=i + 1)
             say(f"[{i + 1}/{len(experiments)}] {exp.run_id}: {status}")
     outcome.seconds = time.perf_counter() - start
     manifest["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest["seconds"] = round(outcome.seconds, 1)
     manifest["load_end"] = [round(x, 2) for x in os.getloadavg()]
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    manifest["cpu_s"] = round(children.ru_utime + children.ru_stime, 1)  # every run process, this arena
+    manifest["cpu_s"] = round(cpu_s, 1)  # the runs done by this arena (each run's own CPU seconds)
     atomic_write_json(folder / "arena.json", manifest)
     return outcome
 
@@ -211,14 +217,90 @@ def resolve_auto(experiments: list[Experiment], device: str) -> list[Experiment]
     ]
 
 
+class Worker:
+    """The long-lived run process (``python -m lorafam.arena.worker --serve``), started on first use and again
+    after a run that killed it."""
+
+    def __init__(self, threads: int = 2) -> None:
+        self.threads = threads
+        self.proc: subprocess.Popen[str] | None = None
+
+    def _start(self) -> subprocess.Popen[str]:
+        t = str(self.threads)
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": t,
+            "MKL_NUM_THREADS": t,
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "PYTHONWARNINGS": "ignore",
+            "PYTHONUNBUFFERED": "1",
+        }
+        cmd = [sys.executable, "-m", "lorafam.arena.worker", "--serve"]
+        return subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        )
+
+    def run(
+        self, job: dict[str, Any], advance: Callable[[float], None] | None, timeout_s: float | None
+    ) -> str | None:
+        """Send one job and follow its progress; its status, or None when the process died (then it is gone)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = self._start()
+        proc = self.proc
+        assert proc.stdin is not None and proc.stdout is not None
+        timer = threading.Timer(timeout_s, proc.kill) if timeout_s else None
+        if timer:
+            timer.start()
+        try:
+            proc.stdin.write(json.dumps(job) + "\n")
+            proc.stdin.flush()
+            for line in proc.stdout:
+                if line.startswith("@@done"):
+                    return line.split()[1]
+                if line.startswith("@@progress") and advance is not None:
+                    with contextlib.suppress(IndexError, ValueError):
+                        advance(float(line.split()[1]))
+                elif line.strip():
+                    with open(job["log"], "a", encoding="utf-8") as log:
+                        log.write(line)
+        except BrokenPipeError:
+            pass
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            if timer:
+                timer.cancel()
+        proc.kill()
+        proc.wait()
+        self.proc = None
+        return None
+
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(OSError):
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
 def run_one(
     exp: Experiment,
     path: Path,
     device: str = "cpu",
     advance: Callable[[float], None] | None = None,
     timeout_s: float | None = None,
+    worker: Worker | None = None,
 ) -> str:
-    """Run one experiment in a fresh Python process; returns its status. Never raises for a failed run."""
+    """Run one experiment in the worker process; returns its status. Never raises for a failed run."""
     if exp.settings.get("skip_reason"):
         info = exp.run_info(
             status="skipped",
@@ -230,68 +312,41 @@ def run_one(
         return "skipped"
     log_path = path.parent / "logs" / f"{exp.run_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    threads = str(int(exp.settings.get("threads", 2)))
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-        "PYTHONWARNINGS": "ignore",
+    log_path.write_text("", encoding="utf-8")
+    if path.exists():
+        path.unlink()
+    own = worker is None
+    worker = worker or Worker(int(exp.settings.get("threads", 2)))
+    job = {
+        "experiment": exp.to_dict(),
+        "device": device,
+        "command": sys.argv,
+        "result": str(path),
+        "log": str(log_path),
     }
-    cmd = [sys.executable, "-m", "lorafam.arena.worker"]
-    with tempfile.TemporaryDirectory(prefix="lorafam-arena-") as tmp:
-        spec_file = Path(tmp) / "experiment.json"
-        spec_file.write_text(json.dumps({"experiment": exp.to_dict(), "device": device, "command": sys.argv}))
-        if path.exists():
-            path.unlink()
-        started = time.perf_counter()
-        with open(log_path, "w", encoding="utf-8") as logf:
-            proc = subprocess.Popen(
-                [*cmd, str(spec_file), str(path)], stdout=subprocess.PIPE, stderr=logf, text=True, env=env
-            )
-            timer = threading.Timer(timeout_s, proc.kill) if timeout_s else None
-            if timer:
-                timer.start()
-            try:
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    if line.startswith("@@progress") and advance is not None:
-                        with contextlib.suppress(IndexError, ValueError):
-                            advance(float(line.split()[1]))
-                    else:
-                        logf.write(line)
-                _, wait_status, usage = os.wait4(proc.pid, 0)
-                proc.returncode = os.waitstatus_to_exitcode(wait_status)
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            finally:
-                if timer:
-                    timer.cancel()
-        elapsed = time.perf_counter() - started
-    peak_mb = usage.ru_maxrss / 1024
+    started = time.perf_counter()
     try:
-        result = read_result(path)
-    except (ValueError, FileNotFoundError):
-        tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
-        why = "timed out" if timeout_s and elapsed >= timeout_s else f"exit code {proc.returncode}"
-        result = RunResult(
-            exp.run_info(
-                status="failed",
-                error=f"the run process died ({why}); see {log_path.name}",
-                started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                duration_s=elapsed,
-                threads=int(threads),
-                device=device,
-            ),
-            TrainInfo(settings=dict(exp.settings), extra={"log_tail": tail}),
-            collect_meta(device),
-        )
-    result.run_info.peak_rss_mb = round(peak_mb, 1)
-    result.run_info.duration_s = elapsed  # the whole process, start-up and imports included
-    result.run_info.cpu_s = round(usage.ru_utime + usage.ru_stime, 2)
+        status = worker.run(job, advance, timeout_s)
+    finally:
+        if own:
+            worker.close()
+    elapsed = time.perf_counter() - started
+    if status is not None:
+        with contextlib.suppress(ValueError, FileNotFoundError):
+            return read_result(path).run_info.status
+    tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+    why = "timed out" if timeout_s and elapsed >= timeout_s else "the process ended"
+    result = RunResult(
+        exp.run_info(
+            status="failed",
+            error=f"the run process died ({why}); see {log_path.name}",
+            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            duration_s=elapsed,
+            threads=int(exp.settings.get("threads", 2)),
+            device=device,
+        ),
+        TrainInfo(settings=dict(exp.settings), extra={"log_tail": tail}),
+        collect_meta(device),
+    )
     write_result(path, result)
-    return result.run_info.status
+    return "failed"

@@ -1,13 +1,26 @@
-"""One arena run, inside its own process: ``python -m lorafam.arena.worker EXPERIMENT.json RESULT.json``.
+"""Arena runs, one after another in one long-lived process: ``python -m lorafam.arena.worker --serve``.
 
-Loads the base, builds the implementation, trains, evaluates, probes, and writes one result file (also when it
-fails: status "failed" with the error). Progress goes to stdout as ``@@progress <fraction>`` lines that the runner
-turns into the arena-wide progress bar.
+The runner writes one job per line on the worker's stdin (the experiment, where its result and log go); the worker
+loads the base, builds the implementation, trains, evaluates, probes, writes the result file (also when the run
+fails: status "failed" with the error) and answers ``@@done <status>``. Progress goes to stdout as
+``@@progress <fraction>`` lines that the runner turns into the arena-wide progress bar.
+
+One process for the whole arena saves the interpreter start, the torch/transformers imports and the first model
+load (about 8 s a run on a 2-core CPU; later loads of the cached base take 0.25 s). A run still cannot disturb the
+next: each one loads a fresh base and seeds its own generators, and a run that kills the process (segfault, OOM,
+``--timeout``) is recorded as failed by the runner, which starts a new worker for the next run. Per run, CPU time
+is the process's own delta and peak RSS the kernel's high-water mark after a reset (``/proc/self/clear_refs``).
+
+``python -m lorafam.arena.worker EXPERIMENT.json RESULT.json`` runs a single experiment (debugging).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import json
+import os
 import random
 import resource
 import sys
@@ -240,27 +253,22 @@ def _probes(
         info.extra["probe_errors"] = errors
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m lorafam.arena.worker EXPERIMENT.json RESULT.json", file=sys.stderr)
-        return 2
-    with open(argv[0], encoding="utf-8") as fh:
-        d = json.load(fh)
-    exp = Experiment.from_dict(d["experiment"])
-    device = d.get("device", "cpu")
+def run_job(job: dict[str, Any]) -> str:
+    """One run: its result file is written (ok, skipped or failed) before this returns its status."""
     import torch
 
+    exp = Experiment.from_dict(job["experiment"])
+    device = job.get("device", "cpu")
     threads = int(exp.settings.get("threads", 2))
     torch.set_num_threads(threads)
     run = exp.run_info(
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         threads=threads,
         device=device,
-        command=d.get("command", []),
+        command=job.get("command", []),
     )
-    start = time.perf_counter()
-    code = 0
+    reset_peak_rss()
+    cpu0, start = _cpu_seconds(), time.perf_counter()
     try:
         info = run_experiment(exp, device)
         run.status = "ok"
@@ -272,11 +280,63 @@ def main(argv: list[str] | None = None) -> int:
         run.error = f"{type(exc).__name__}: {exc}"
         if run.status == "failed":
             info.extra["traceback"] = traceback.format_exc()[-4000:]
-            code = 1
     run.duration_s = time.perf_counter() - start
-    run.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    write_result(argv[1], RunResult(run, info, collect_meta(device)))
-    return code
+    run.cpu_s = round(_cpu_seconds() - cpu0, 2)
+    run.peak_rss_mb = round(peak_rss_mb(), 1)
+    write_result(job["result"], RunResult(run, info, collect_meta(device)))
+    return run.status
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def reset_peak_rss() -> None:
+    """Give memory back to the OS, then restart the kernel's peak-RSS count at the current RSS, so the next reading
+    is this run's own peak (Linux; elsewhere the process's lifetime peak is what is left)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def peak_rss_mb() -> float:
+    with contextlib.suppress(OSError), open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def serve_jobs(stdin: Any = None) -> int:
+    """Read jobs (JSON lines) until stdin closes; each run's stderr goes to its own log file."""
+    stdin = stdin or sys.stdin
+    for line in stdin:
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        with open(job["log"], "a", encoding="utf-8") as log:
+            sys.stderr.flush()
+            os.dup2(log.fileno(), 2)  # native libraries' stderr too
+        status = run_job(job)
+        sys.stderr.flush()
+        print(f"@@done {status}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--serve"]:
+        return serve_jobs()
+    if len(argv) != 2:
+        print("usage: python -m lorafam.arena.worker --serve | EXPERIMENT.json RESULT.json", file=sys.stderr)
+        return 2
+    with open(argv[0], encoding="utf-8") as fh:
+        d = json.load(fh)
+    status = run_job({**d, "result": argv[1]})
+    return 1 if status == "failed" else 0
 
 
 if __name__ == "__main__":

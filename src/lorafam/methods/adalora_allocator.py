@@ -54,6 +54,10 @@ class AdaLoraAllocator(Callback):
     """
 
     name = "adalora"
+    unshardable = (
+        "its rank allocator scores every singular value from the whole P, Λ, Q tensors and their gradients and "
+        "masks the lowest across all layers, so it needs them unsharded on every rank"
+    )
 
     def __init__(self, model: nn.Module, config: AdaLoraConfig, name: str = "default", total_steps: int = 0):
         from lorafam.core.inject import adapted_layers

@@ -21,6 +21,9 @@ class Callback:
     """Base class: every hook is optional. ``step`` is the 1-based optimizer step being completed."""
 
     name: str = "callback"
+    unshardable: str | None = None
+    """Why this callback cannot run under FSDP2 (``fsdp: true``), or None when it can: a callback that reads whole
+    parameter or gradient tensors between steps would see only this rank's shard."""
 
     def on_train_begin(self, model: nn.Module, total_steps: int) -> None:
         """Once, before the first step (also after a resume)."""

@@ -253,12 +253,6 @@ class TrainConfig(BaseModel):
             )
         return self
 
-    @model_validator(mode="after")
-    def _not_wired_yet(self) -> TrainConfig:
-        if self.fsdp:  # accepted by the schema; the FSDP2 path is not wired into the trainer yet
-            raise ValueError("fsdp: FSDP2 sharding is not wired into lorafam train yet; use DDP (--nproc N)")
-        return self
-
     @property
     def effective_eval_strategy(self) -> str:
         """``eval_strategy``, defaulting as lorafam always did: ``steps`` when eval_steps is set, else ``no``."""

@@ -54,9 +54,11 @@ def _hooks(callbacks: Sequence[Any], name: str) -> list[Callable[..., Any]]:
 
 def grad_norm_of(params: Sequence[nn.Parameter], max_norm: float | None) -> float:
     """Clip to ``max_norm`` when given (returns the norm before clipping), else only measure the norm."""
+    from lorafam.train.distributed import local_value  # FSDP2: norms of sharded gradients are DTensors
+
     if max_norm:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    grads = [p.grad.norm() for p in params if p.grad is not None]
+        return float(local_value(torch.nn.utils.clip_grad_norm_(params, max_norm)))
+    grads = [local_value(p.grad.norm()) for p in params if p.grad is not None]
     return float(torch.norm(torch.stack(grads))) if grads else 0.0
 
 

@@ -191,13 +191,17 @@ def _setup(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) 
         )
     steps_per_epoch = len(rows) // (B * A * W)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    optimizer = build_optimizer(model, cfg, loraplus_ratio(cfg))
+    callbacks = callbacks_for(model, total) + extra_callbacks
+    if cfg.fsdp and info.enabled:  # refused before any compute (intermediate checkpoints, unshardable members)
+        every = {"steps": cfg.save_steps, "epoch": steps_per_epoch}.get(cfg.save_strategy)
+        try:
+            distributed.check_fsdp(callbacks, cfg.save_strategy, every, total)
+        except distributed.NotShardableError as exc:
+            raise TrainingError(str(exc)) from exc
+    runner = distributed.wrap(LossModule(model, cfg.loss_chunk_size), model, info, fsdp=cfg.fsdp,
+                              find_unused=cfg.ddp_find_unused_parameters)  # fmt: skip
+    optimizer = build_optimizer(model, cfg, loraplus_ratio(cfg))  # after wrap: FSDP2 replaces the parameters
     scheduler = build_scheduler(optimizer, cfg, total)
-    runner: nn.Module = LossModule(model, cfg.loss_chunk_size)
-    if info.enabled:
-        runner = nn.parallel.DistributedDataParallel(
-            runner, broadcast_buffers=False, find_unused_parameters=cfg.ddp_find_unused_parameters
-        )
     if cfg.bf16 and not native_bf16(info.device):
         console.print("[yellow]warning:[/] bf16 is emulated on this device (no AMX / AVX512-BF16): expect it to be "
                       "several times slower than fp32. Set bf16: false here.")  # fmt: skip
@@ -205,7 +209,7 @@ def _setup(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) 
         cfg=cfg, info=info, console=console, out=Path(cfg.output_dir), resume_path=resume_path, model=model,
         pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0, rows=rows, val_rows=to_rows(val_ex),
         stats=stats, steps_per_epoch=steps_per_epoch, total=total, optimizer=optimizer, scheduler=scheduler,
-        callbacks=callbacks_for(model, total) + extra_callbacks, runner=runner,
+        callbacks=callbacks, runner=runner,
         params=[p for p in model.parameters() if p.requires_grad], log=MetricsLog(cfg.output_dir, info.is_main),
         trainable=trainable, total_params=total_params, tok=tok, tb=_tensorboard(cfg, info),
     )  # fmt: skip
@@ -313,7 +317,7 @@ def _train_step(run: _Run, step: int, grows: list) -> StepResult:
         max_grad_norm=cfg.max_grad_norm,
         params=run.params,
         regime=run.regime,
-        no_sync=run.runner.no_sync if info.enabled else None,  # type: ignore[arg-type]
+        no_sync=distributed.accumulation_context(run.runner, info, cfg.fsdp),
         reduce=lambda s: distributed.all_sum(s, info) / max(1, n_global),
         on_nonfinite=stop,
     )
@@ -389,17 +393,22 @@ def _evaluate(run: _Run) -> tuple[float, float]:
     from lorafam.train.loss import causal_lm_loss
 
     cfg, info, model = run.cfg, run.info, run.model
+    sharded = cfg.fsdp and info.enabled  # every forward is collective: same number of batches on every rank
     model.eval()
     nll = torch.zeros((), dtype=torch.float64)
     count = torch.zeros((), dtype=torch.float64)
     mine = run.val_rows[info.rank :: info.world]
+    bs = cfg.per_device_eval_batch_size
+    n_batches = math.ceil(math.ceil(len(run.val_rows) / info.world) / bs) if sharded else math.ceil(len(mine) / bs)
     with torch.no_grad(), run.regime():
-        for i in range(0, len(mine), cfg.per_device_eval_batch_size):
-            batch = collate(mine[i : i + cfg.per_device_eval_batch_size], run.pad_id)
+        for i in range(0, n_batches * bs, bs):
+            part = mine[i : i + bs]
+            batch = collate(part or run.val_rows[:1], run.pad_id)  # a rank with no rows left runs a dummy batch
             batch = {k: v.to(info.device) for k, v in batch.items()}
-            s, n = causal_lm_loss(model, batch, cfg.loss_chunk_size)
-            nll += float(s)
-            count += n
+            s, n = run.runner(batch) if sharded else causal_lm_loss(model, batch, cfg.loss_chunk_size)
+            if part:
+                nll += float(s)
+                count += n
     model.train()
     nll, count = distributed.all_sum(nll, info), distributed.all_sum(count, info)
     loss = float(nll / max(1.0, float(count)))
@@ -419,8 +428,10 @@ def _finish(run: _Run) -> TrainResult:
     samples = steps_run * run.global_batch
     train_loss = sum(v for _, v in run.loss_curve) / max(1, len(run.loss_curve))
     epoch = round(run.total / run.steps_per_epoch, 4)
+    with distributed.full_parameters(run.runner):  # FSDP2: whole tensors on every rank while rank 0 saves
+        if info.is_main:
+            _save_final(run)
     if info.is_main:
-        _save_final(run)
         adapter_dir = str(out)
         run.log_history.append({"train_runtime": round(seconds, 4), "train_loss": train_loss, "epoch": epoch,
                                 "step": run.total})  # fmt: skip

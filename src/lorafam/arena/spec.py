@@ -1,13 +1,13 @@
 """The arena spec: which experiments (member × task × seed) run, with which settings.
 
 The packaged ``default.yaml`` holds the defaults, the budgets (quick / standard / full), the peers and per-task /
-per-member overrides; a user spec overlays it key by key. Members come from the registry (``lorafam.MEMBERS``), so
-a member added later is in the arena with no change here.
+per-member overrides; a user spec overlays it key by key. The result is validated against the pydantic models of
+:mod:`lorafam.arena.schema` (unknown keys and bad values are named with their place and the valid choices).
+Members come from the registry (``lorafam.MEMBERS``), so a member added later is in the arena with no change here.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,27 +15,16 @@ from typing import Any
 import yaml
 
 from lorafam.arena.results import RunInfo, spec_hash
+from lorafam.arena.schema import BUDGET_ONLY, validate_spec
 from lorafam.arena.tasks import builtin_tasks, make_task
-from lorafam.core.config import closest
+from lorafam.helpers import check_keys, merge_dicts, unknown
 
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
 BUDGETS = ("quick", "standard", "full")
 IMPLS = ("lorafam", "peft", "full", "base")
 FULL_FT = "full-ft"
 BASE = "base"
-# budget keys that shape the plan (or are applied per task) rather than being run settings themselves
-BUDGET_ONLY = (
-    "tasks",
-    "seeds",
-    "peer_seeds",
-    "peer_members",
-    "peer_tasks",
-    "probe_seeds",
-    "task_overrides",
-    "groups",
-)
-GROUP_KEYS = {"tasks", "seeds", "members", "peft"}
-_TOP_KEYS = {"defaults", "peers", "member_overrides", "task_overrides", "budgets", "tasks"}
+__all__ = ["BUDGET_ONLY", "Experiment", "load_spec", "plan", "resolve_settings", "run_hash"]
 
 
 @dataclass(frozen=True)
@@ -89,67 +78,47 @@ def run_hash(impl: str, member: str, task: str, settings: dict[str, Any]) -> str
     return spec_hash({"impl": impl, "member": member, "task": task, **kept})
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def load_spec(path: str | Path | None = None) -> dict[str, Any]:
-    """The default spec, overlaid with ``path`` when given.
+    """The default spec, overlaid with ``path`` when given, validated (:mod:`lorafam.arena.schema`).
 
     Raises:
-        ValueError: unreadable file or an unknown top-level / settings key (named, with the valid ones).
+        ValueError: unreadable file, an unknown key or a bad value (named with its place in the file and the
+            valid choices), a member or task override for a member or task that does not exist.
     """
     spec = yaml.safe_load(DEFAULT_SPEC.read_text(encoding="utf-8"))
-    if path is None:
-        return spec
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"arena spec {str(p)!r}: no such file")
-    try:
-        user = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"arena spec {p}: invalid YAML ({exc})") from exc
-    if not isinstance(user, dict):
-        raise ValueError(f"arena spec {p}: expected a mapping at the top level")
-    for k in user:
-        if k not in _TOP_KEYS:
-            raise ValueError(
-                f"arena spec {p}: unknown key {k!r}.{closest(k, sorted(_TOP_KEYS))} Valid: {sorted(_TOP_KEYS)}"
-            )
-    known = set(spec["defaults"]) | {"tasks", "seeds"}
-    for section in ("defaults",):
-        for k in user.get(section) or {}:
-            if k not in known:
-                raise ValueError(f"arena spec {p}: unknown setting {section}.{k}.{closest(k, sorted(known))}")
-    settings = set(spec["defaults"]) | {"config_overrides"}
-    for name, budget in (user.get("budgets") or {}).items():
-        where = f"budgets.{name}"
-        _check_keys(p, where, budget, settings | set(BUDGET_ONLY))
-        for task, over in ((budget or {}).get("task_overrides") or {}).items():
-            _check_keys(p, f"{where}.task_overrides.{task}", over, settings)
-    merged = _merge(spec, user)
-    for name, budget in (user.get("budgets") or {}).items():
-        # a budget the user writes with tasks/seeds (no groups) replaces the default's groups
-        if isinstance(budget, dict) and ("tasks" in budget or "seeds" in budget) and "groups" not in budget:
-            merged["budgets"][name].pop("groups", None)
-    return merged
+    where = f"arena spec {DEFAULT_SPEC} (packaged)"
+    if path is not None:
+        p = Path(path)
+        where = f"arena spec {p}"
+        if not p.is_file():
+            raise ValueError(f"{where}: no such file")
+        try:
+            user = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{where}: invalid YAML ({exc})") from exc
+        if not isinstance(user, dict):
+            raise ValueError(f"{where}: expected a mapping at the top level, got {type(user).__name__}")
+        merged = merge_dicts(spec, user)
+        for name, budget in (user.get("budgets") or {}).items():
+            # a budget the user writes with tasks/seeds (no groups) replaces the default's groups
+            if isinstance(budget, dict) and ("tasks" in budget or "seeds" in budget) and "groups" not in budget:
+                merged["budgets"][name].pop("groups", None)
+        spec = merged
+    check_spec(spec, where)
+    return spec
 
 
-def _check_keys(path: Path, where: str, section: Any, valid: set[str]) -> None:
-    """A typo in a budget (``peer_task``) would otherwise be carried along silently as an unused setting."""
-    if not isinstance(section, dict):
-        raise ValueError(f"arena spec {path}: {where} must be a mapping, got {type(section).__name__}")
-    for k in section:
-        if k not in valid:
-            raise ValueError(
-                f"arena spec {path}: unknown key {where}.{k}.{closest(k, sorted(valid))} Valid: {', '.join(sorted(valid))}"
-            )
+def check_spec(spec: dict[str, Any], where: str = "arena spec") -> None:
+    """Validate a spec dict: its shape and values (pydantic), then the names of the members and tasks that
+    ``member_overrides`` / ``task_overrides`` refer to."""
+    validate_spec(spec, where)
+    check_keys(spec.get("member_overrides") or {}, [*member_names(), FULL_FT, BASE], f"{where}: member_overrides",
+               "member")  # fmt: skip
+    tasks = valid_tasks(spec)
+    check_keys(spec.get("task_overrides") or {}, tasks, f"{where}: task_overrides", "task")
+    for name, budget in spec["budgets"].items():
+        check_keys((budget or {}).get("task_overrides") or {}, tasks, f"{where}: budgets.{name}.task_overrides",
+                   "task")  # fmt: skip
 
 
 def member_names(spec: dict[str, Any] | None = None) -> list[str]:
@@ -178,18 +147,14 @@ def plan(
     """
     from lorafam.family import MEMBERS
 
+    check_spec(spec)
     if budget not in spec["budgets"]:
-        raise ValueError(
-            f"unknown budget {budget!r}.{closest(budget, list(spec['budgets']))} Valid: {', '.join(spec['budgets'])}"
-        )
+        raise unknown("budget", budget, spec["budgets"])
     b = spec["budgets"][budget]
     all_members = member_names(spec)
     extra = [FULL_FT, BASE]
     chosen = list(members) if members else all_members
-    for m in chosen:
-        if m not in MEMBERS and m not in extra:
-            valid = all_members + extra
-            raise ValueError(f"unknown member {m!r}.{closest(m, valid)} Valid members: {', '.join(valid)}")
+    check_keys(chosen, all_members + extra, "--members", "member")
     if b.get("groups"):
         return _plan_groups(spec, budget, b["groups"], chosen if members else None, tasks, seeds, peers)
     task_names = list(tasks) if tasks else list(b.get("tasks") or ["add3"])
@@ -258,23 +223,10 @@ def _plan_groups(
     seen: set[str] = set()
     based: set[str] = set()
     probe_seeds = spec["budgets"][budget].get("probe_seeds")
-    for i, g in enumerate(groups):
-        where = f"budgets.{budget}.groups[{i}]"
-        if not isinstance(g, dict):
-            raise ValueError(f"arena spec: {where} must be a mapping with keys {sorted(GROUP_KEYS)}")
-        bad = set(g) - GROUP_KEYS
-        if bad:
-            k = sorted(bad)[0]
-            raise ValueError(
-                f"arena spec: unknown key {where}.{k}.{closest(k, sorted(GROUP_KEYS))} Valid: {sorted(GROUP_KEYS)}"
-            )
+    for i, g in enumerate(groups):  # their keys and types are checked by plan's check_spec
         g_members = list(g.get("members") or [*member_names(spec), BASE, FULL_FT])
-        for m in g_members:
-            if m not in MEMBERS and m not in (BASE, FULL_FT):
-                valid = [*member_names(spec), BASE, FULL_FT]
-                raise ValueError(
-                    f"{where}: unknown member {m!r}.{closest(m, valid)} Valid members: {', '.join(valid)}"
-                )
+        check_keys(g_members, [*member_names(spec), BASE, FULL_FT], f"budgets.{budget}.groups[{i}].members",
+                   "member")  # fmt: skip
         peft = g.get("peft") or []
         peft_set = {m for m in g_members if m in MEMBERS and MEMBERS[m].in_peft} if peft is True else set(peft)
         for task in g.get("tasks") or ["dates"]:

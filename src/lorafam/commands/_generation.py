@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from lorafam.serve.chat_format import chat_prompt
+from lorafam.serve.folders import AdapterMismatchError, check_adapter_base
+
+__all__ = [
+    "AdapterMismatchError",
+    "Sampling",
+    "add_sampling_arguments",
+    "chat_prompt",
+    "check_adapter_base",
+    "generate_batch",
+    "load_for_inference",
+    "sampling_from_args",
+    "stream",
+]
 
 
 @dataclass
@@ -76,30 +89,6 @@ def sampling_from_args(args: Any) -> Sampling:
     return Sampling(args.temperature, args.top_p, args.top_k, args.repetition_penalty, list(args.stop), args.seed)
 
 
-class AdapterMismatchError(ValueError):
-    """The adapter folder was trained on a different base model."""
-
-
-def check_adapter_base(adapter_dir: str | Path, model: nn.Module, base_name: str | None) -> None:
-    """Refuse an adapter whose ``base_model_name_or_path`` names another base than the one loaded."""
-    cfg_file = Path(adapter_dir) / "adapter_config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file}: not an adapter folder (adapter_config.json missing)")
-    recorded = json.loads(cfg_file.read_text()).get("base_model_name_or_path")
-    loaded = getattr(getattr(model, "config", None), "_name_or_path", None)
-    if recorded and loaded and _norm(recorded) != _norm(loaded):
-        given = base_name or "the embedded default"
-        raise AdapterMismatchError(
-            f"{adapter_dir}: this adapter was trained on base {recorded!r}, but the model loaded is {loaded!r} "
-            f"(--model {given}). Pass the matching --model, or --ignore-base-mismatch if you know they are the same"
-        )
-
-
-def _norm(name: str) -> str:
-    p = Path(name).expanduser()
-    return str(p.resolve()) if p.exists() else name
-
-
 def load_for_inference(
     model_name: str | None,
     adapter: str | None,
@@ -118,12 +107,6 @@ def load_for_inference(
     return model.eval(), tok
 
 
-def chat_prompt(tok: Any, messages: list[dict[str, str]]) -> str:
-    if getattr(tok, "chat_template", None):
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
-
-
 @torch.no_grad()
 def generate_batch(
     model: nn.Module,
@@ -135,20 +118,14 @@ def generate_batch(
     sampling: Sampling | None = None,
 ) -> list[str]:
     """Greedy (or sampled) completions of already-rendered prompts, batched with left padding."""
+    from lorafam.decoding import greedy_batch
+
     sampling = sampling or Sampling(temperature=temperature)
-    outs: list[str] = []
-    side = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        for i in range(0, len(prompts), batch_size):
-            enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, **sampling.generate_kwargs(tok))
-            new = gen[:, enc["input_ids"].shape[1] :]
-            outs += [sampling.cut(t).strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
-    finally:
-        tok.padding_side = side
-    return outs
+    kwargs = sampling.generate_kwargs(tok)
+    pad_id = kwargs.pop("pad_token_id")
+    ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    new = greedy_batch(model, ids, pad_id=pad_id, max_new_tokens=max_new_tokens, batch_size=batch_size, **kwargs)
+    return [sampling.cut(t).strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
 
 
 def stream(

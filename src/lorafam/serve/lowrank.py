@@ -99,6 +99,26 @@ def export_layer(adapter: Adapter, base: nn.Module, dtype: torch.dtype) -> LowRa
     return None
 
 
+def served_method(config: AdapterConfig) -> str:
+    """The method name ``/v1/models`` shows: the member's, with LoRA's variants told apart (rslora, qlora)."""
+    from lorafam.methods.lora import LoraConfig
+
+    if config.quantize:
+        return "qlora"
+    if type(config) is LoraConfig and config.use_rslora:
+        return "rslora"
+    return config.method
+
+
+def invocation_of(config: AdapterConfig) -> list[int] | None:
+    """aLoRA's invocation token ids (the adapter is active from their last occurrence on); None for others."""
+    from lorafam.methods.alora import ALoraConfig
+
+    if isinstance(config, ALoraConfig) and config.invocation_tokens:
+        return list(config.invocation_tokens)
+    return None
+
+
 def _t(a: Tensor, dtype: torch.dtype) -> Tensor:
     return a.detach().float().T.contiguous().to(dtype)
 
@@ -148,10 +168,11 @@ def build_adapters(layers: dict[str, nn.Module], path: Path) -> BuiltAdapter:
     from lorafam.core.checkpoint import config_from_peft as _config_from_peft
     from lorafam.core.inject import make_adapter, match_targets
     from lorafam.family import spec_for_config
+    from lorafam.methods.longlora import LongLoraConfig
 
     d = read_adapter_config(path)
     config = _config_from_peft(d, source=str(path / CONFIG_NAME))
-    if getattr(config, "target_context", None):
+    if isinstance(config, LongLoraConfig) and config.target_context:
         raise ValueError(
             f"{path / CONFIG_NAME}: this LongLoRA adapter rescales the base's RoPE (target_context="
             f"{config.target_context}), which would change every other request; serve it alone with `lorafam chat`"

@@ -41,8 +41,7 @@ from lorafam.methods.alora import ALoraConfig  # noqa: E402
 from lorafam.methods.dora import DoraConfig  # noqa: E402
 from lorafam.methods.longlora import LongLoraConfig  # noqa: E402
 from lorafam.methods.lora import LoraConfig  # noqa: E402
-from lorafam.methods.mixture import MixtureConfig  # noqa: E402
-from lorafam.methods.mixture_runtime import router_stats  # noqa: E402
+from lorafam.methods.mixture import MixtureConfig, router_stats  # noqa: E402
 from lorafam.methods.quantum import QuantumConfig  # noqa: E402
 from lorafam.models import load_model, load_tokenizer, tiny_gpt2, tiny_llama  # noqa: E402
 from lorafam.optim import make_optimizer, param_groups  # noqa: E402

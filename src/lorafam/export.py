@@ -92,19 +92,18 @@ def _exportable(model: nn.Module, name: str):  # -> (AdapterConfig, MethodSpec)
 
 def plain_factors(model: nn.Module, name: str = "default", rank: int | None = None) -> PlainFactors:
     """The LoRA factors of any mergeable member (copy for LoRA/rsLoRA/LongLoRA, exact, or SVD; see the module)."""
-    from lorafam.methods.lora import LoraConfig
 
     cfg, spec = _exportable(model, name)
     layers = [(p, layer) for p, layer in adapted_layers(model) if name in layer.adapters]
     out: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
-    if type(cfg) is LoraConfig or spec.key == "longlora":
+    if spec.plain_lora:
         for path, layer in layers:
             ad = layer.adapters[name]
             a, b = ad.lora_A.detach().float().cpu(), ad.lora_B.detach().float().cpu()
             out[path] = (a.contiguous(), b.contiguous(), float(ad.scaling))
         return PlainFactors("copy", cfg.rank, float(cfg.alpha), out, [0.0] * len(out))
     errors: list[float] = []
-    exact = all(hasattr(layer.adapters[name], "lora_factors") for _, layer in layers)
+    exact = all(layer.adapters[name].lora_factors() is not None for _, layer in layers)
     r = cfg.rank if exact else int(rank or cfg.rank)
     if r < 1:
         raise ValueError(f"'rank' must be >= 1, got {r}")
@@ -144,7 +143,7 @@ def export_lora(model: nn.Module, out_dir: str | os.PathLike[str], name: str = "
     from lorafam.methods.lora import LoraConfig
 
     cfg, spec = _exportable(model, name)
-    if type(cfg) is LoraConfig or spec.key == "longlora":
+    if spec.plain_lora:
         layers = [(p, layer) for p, layer in adapted_layers(model) if name in layer.adapters]
         save_adapter(model, out_dir, name)
         notes = []

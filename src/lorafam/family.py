@@ -38,6 +38,14 @@ class MethodSpec:
     peft_compatible: bool  # PEFT itself can load it
     tolerance: float = 1e-5  # contract-test tolerance (float32); looser only with a reason
     contract_kwargs: dict[str, Any] = field(default_factory=dict)  # extra config fields for the tiny test model
+    callbacks: str | None = None  # "module:Class" of the trainer callback this member needs (train/...)
+    mixable: bool = False  # can be an expert of a mixture (no model-level state or callbacks of its own)
+    loraplus: bool = True  # takes the LoRA+ optimizer rule (``loraplus_lr_ratio``): it has ``b``-role parameters
+    plain_lora: bool = False  # its factors are plain PEFT LoRA as they are (export copies them)
+
+    @property
+    def callback_cls(self) -> type | None:
+        return _load(self.callbacks) if self.callbacks else None
 
     @property
     def config_cls(self) -> type[AdapterConfig]:
@@ -141,10 +149,16 @@ def _load_cached(path: str) -> Any:
 
 METHODS: dict[str, MethodSpec] = {
     "lora": MethodSpec(
-        "lora", "lorafam.methods.lora:LoraConfig", "lorafam.methods.lora:LoraAdapter", "LORA", True
+        "lora",
+        "lorafam.methods.lora:LoraConfig",
+        "lorafam.methods.lora:LoraAdapter",
+        "LORA",
+        True,
+        mixable=True,
+        plain_lora=True,
     ),
     "dora": MethodSpec(
-        "dora", "lorafam.methods.dora:DoraConfig", "lorafam.methods.dora:DoraAdapter", "LORA", True
+        "dora", "lorafam.methods.dora:DoraConfig", "lorafam.methods.dora:DoraAdapter", "LORA", True, mixable=True
     ),
     "longlora": MethodSpec(
         "longlora",
@@ -153,6 +167,7 @@ METHODS: dict[str, MethodSpec] = {
         "LORA",  # PEFT loads it as LoRA + modules_to_save (inference); lorafam_config restores the rest
         True,
         contract_kwargs={"targets": "all-linear"},  # the paper's q/k/v/o names do not exist in GPT-2
+        plain_lora=True,
     ),
     "adalora": MethodSpec(
         "adalora",
@@ -161,6 +176,7 @@ METHODS: dict[str, MethodSpec] = {
         "ADALORA",
         True,
         contract_kwargs={"target_rank": 2},
+        callbacks="lorafam.train.adalora_allocator:AdaLoraAllocator",
     ),
     "alora": MethodSpec(
         "alora",
@@ -177,6 +193,8 @@ METHODS: dict[str, MethodSpec] = {
         "lorafam.methods.quantum:QuantumAdapter",
         "LORAFAM_QUANTUM",  # no PEFT type exists; `lorafam export --to lora` writes an exact plain-LoRA copy
         False,
+        mixable=True,
+        loraplus=False,  # angles and singular values: no B factor for LoRA+ to speed up
     ),
     "mixture": MethodSpec(
         "mixture",
@@ -184,6 +202,7 @@ METHODS: dict[str, MethodSpec] = {
         "lorafam.methods.mixture:MixtureAdapter",
         "LORAFAM_MIXTURE",  # a manifest of member configs + their tensors; not mergeable (input-dependent gates)
         False,
+        callbacks="lorafam.train.mixture_callback:MixtureCallback",
     ),
 }
 

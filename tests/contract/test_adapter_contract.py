@@ -12,6 +12,7 @@ import torch
 import lorafam as lf
 from lorafam.core.adapter import base_weight, set_base_weight
 from lorafam.core.inject import adapted_layers, named_adapter_params
+from lorafam.core.record import record
 from lorafam.family import METHODS
 from tests.conftest import perturb_adapters
 
@@ -108,7 +109,8 @@ def test_only_adapter_params_train_and_all_get_gradients(name, arch):
     perturb_adapters(model)
     model.train()
     adapter_ids = {id(p) for _, p, _, _ in named_adapter_params(model)}
-    extra = {id(p) for ps in getattr(model, "lorafam_extra_trainable", {}).values() for p in ps}
+    rec = record(model)
+    extra = {id(p) for e in (rec.entries.values() if rec else ()) for p in e.trainable.values()}
     for pname, p in model.named_parameters():
         assert p.requires_grad == (id(p) in adapter_ids or id(p) in extra), pname
     x = _x()
@@ -130,6 +132,7 @@ def test_detach_removes_one_adapter_and_restores_base_layers(name):
     perturb_adapters(model)
     keep_cfg = lf.LoraConfig(rank=2, alpha=4, targets=["q_proj", "o_proj"])
     lf.attach(model, keep_cfg, name="keep")
+    assert _no_lorafam_state(model) == ["lorafam"]  # one record, whatever the member keeps at model level
     alone = ARCHS["llama"]()
     if cfg.quantize is not None:
         for path, layer in adapted_layers(model):

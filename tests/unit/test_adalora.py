@@ -12,7 +12,7 @@ from torch import nn
 
 import lorafam as lf
 from lorafam.core.inject import adapted_layers
-from lorafam.methods.adalora_allocator import AdaLoraAllocator, budget_schedule
+from lorafam.train.adalora_allocator import AdaLoraAllocator, budget_schedule
 from lorafam.train.callbacks import callbacks_for
 from tests.conftest import perturb_adapters
 from tests.reference import adalora_ref as ref
@@ -152,7 +152,7 @@ def test_allocator_masks_the_same_triplets_as_peft():
         peft_pattern = pm.peft_config["default"].rank_pattern
         if peft_pattern:
             got = {k.replace(".default", ""): v for k, v in peft_pattern.items()}
-            assert ours.lorafam_configs["default"].rank_pattern == got, f"step {step}"
+            assert lf.configs(ours)["default"].rank_pattern == got, f"step {step}"
             patterns.append(sum(map(sum, got.values())))
         ours.zero_grad()
         pm.zero_grad()
@@ -264,7 +264,7 @@ def test_callback_in_a_plain_loop_reaches_target_budget_and_resumes():
     for _, layer in adapted_layers(model):
         ad = layer.adapters["default"]
         assert (ad.lora_E[~ad.kept] == 0).all()
-    fresh = AdaLoraAllocator(model, model.lorafam_configs["default"], "default", 8)
+    fresh = AdaLoraAllocator(model, lf.configs(model)["default"], "default", 8)
     fresh.load_state_dict(saved)
     assert fresh.exp_avg_ipt.keys() == saved["exp_avg_ipt"].keys() and fresh.budget == saved["budget"]
 
@@ -312,7 +312,7 @@ def test_inference_only_adapter_gets_no_callback(tmp_path):
     assert callbacks_for(loaded, 10) == []
     with torch.no_grad():
         loaded.model.layers[0].self_attn.q_proj.adapters["default"].lora_E.fill_(1.0)
-    cb = AdaLoraAllocator(loaded, loaded.lorafam_configs["default"], "default", 10)
+    cb = AdaLoraAllocator(loaded, lf.configs(loaded)["default"], "default", 10)
     cb.on_optimizer_step(10, loaded)  # no gradients anywhere: the allocator leaves λ alone
     assert (loaded.model.layers[0].self_attn.q_proj.adapters["default"].lora_E == 1).all()
 
@@ -357,7 +357,7 @@ def test_rank_mirrors_init_rank_and_unknown_key_is_named():
 
 def test_total_step_must_be_known_and_valid_before_allocation():
     model = lf.attach(lf.tiny_llama(), lf.AdaLoraConfig(init_rank=4, target_rank=2, targets=["q_proj"], tinit=5))
-    cb = AdaLoraAllocator(model, model.lorafam_configs["default"])
+    cb = AdaLoraAllocator(model, lf.configs(model)["default"])
     with pytest.raises(ValueError, match="'total_step' is unknown"):
         cb.on_optimizer_step(1, model)
     with pytest.raises(ValueError, match=r"'tinit' \(5\) \+ 'tfinal' \(0\) must be < 'total_step' \(5\)"):

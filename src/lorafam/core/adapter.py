@@ -154,19 +154,38 @@ class Adapter(nn.Module):
             with torch.no_grad():
                 target.copy_(src.to(dtype=target.dtype, device=target.device))
 
-    # --- hooks for members that need model-level state (aLoRA masks, LongLoRA attention) -------------------
+    # --- optional hooks: each has a no-op default; docs/adding-a-member.md lists them -------------------------
+    @classmethod
+    def check_shape(cls, config: AdapterConfig, in_features: int, out_features: int, rank: int, path: str) -> None:
+        """Refuse a layer this member cannot sit on, before anything is built (``ValueError`` naming ``path``).
+
+        Quantum-PEFT: K must not exceed min(in, out). Default: every shape is fine."""
+
+    def init_from_base(self, base: nn.Module) -> None:
+        """Initialise from the frozen base layer right after construction (DoRA: m ← ‖W0‖_c; PiSSA: the base's
+        singular vectors). Runs on the base's device. Default: nothing."""
+
+    @classmethod
+    def share(cls, adapters: list[Adapter]) -> None:
+        """Let these adapters of this class (one adapter name, all layers) share work, e.g. Quantum-PEFT's batched
+        circuits. Called by ``on_attach`` and by the mixture for its experts. Default: nothing."""
+
+    def lora_factors(self) -> tuple[Tensor, Tensor] | None:
+        """Exact plain-LoRA factors (A (r, in), B (out, r)) with ``B @ A * alpha / rank == delta_weight()``, for an
+        exact export; None (the default) means only an SVD approximation exists."""
+        return None
+
     @classmethod
     def on_attach(cls, model: nn.Module, config: AdapterConfig, name: str) -> None:
-        """Called once after injection."""
+        """Called once after every layer has its adapter: set up model-level state. Put what must be undone
+        (forward hooks, an attention switch as :class:`lorafam.core.record.Undo`) in ``entry(model, name).handles``
+        and extra trainable tensors in ``.trainable``; detaching undoes and forgets them. Default: nothing."""
 
     @classmethod
     def on_detach(cls, model: nn.Module, config: AdapterConfig, name: str) -> None:
-        """Called once when the adapter is removed (merge_and_unload / unload)."""
-
-    @classmethod
-    def make_callbacks(cls, model: nn.Module, config: AdapterConfig, name: str, total_steps: int) -> list[Any]:
-        """Trainer callbacks this member needs (see ``lorafam.train.callbacks``); none by default."""
-        return []
+        """Called once when the adapter is removed (``detach`` / ``unload`` / ``merge_and_unload``), before its
+        layers go and before the record's handles are undone; for state the handles do not cover. Default:
+        nothing."""
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha}"

@@ -26,6 +26,7 @@ from torch import nn
 from lorafam.core.adapter import AdaptedLayer, Conv1D
 from lorafam.core.config import AdapterConfig
 from lorafam.core.inject import adapted_layers, attach, configs
+from lorafam.core.record import RECORD_ATTR, ensure_record, record
 from lorafam.core.saved_modules import SavedModule, copies_state, load_copies, saved_modules
 
 CONFIG_NAME = "adapter_config.json"
@@ -192,7 +193,8 @@ def adapter_state(model: nn.Module, name: str = "default") -> dict[str, torch.Te
                 state[f"{PREFIX}{path}.{suffix}"] = tensor.detach().to("cpu").contiguous()
     for key, tensor in copies_state(model, name).items():  # modules_to_save copies, under the module's own key
         state[f"{PREFIX}{key}"] = tensor.detach().to("cpu").contiguous()
-    for key, tensor in getattr(model, "lorafam_extra_state", lambda: {})().items():
+    extra = record(model).tensors_to_save(name)  # type: ignore[union-attr]  # LongLoRA norms (+ a tied head)
+    for key, tensor in extra.items():
         state[f"{PREFIX}{key}"] = tensor.detach().to("cpu").contiguous()
     return state
 
@@ -228,8 +230,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "de
         # A quantised base (QLoRA) is recorded too, so loading reproduces the trained model exactly.
         peft_cfg["lorafam_config"] = config.to_dict()
     state = adapter_state(model, name)
-    if hasattr(model, "lorafam_extra_peft_config"):
-        extra = model.lorafam_extra_peft_config()
+    extra = record(model).peft_config(name)  # type: ignore[union-attr]
+    if extra:
         if peft_cfg.get("modules_to_save") and extra.get("modules_to_save"):
             extra["modules_to_save"] = sorted({*peft_cfg["modules_to_save"], *extra["modules_to_save"]})
         peft_cfg.update(extra)
@@ -273,7 +275,7 @@ def config_from_peft(d: dict[str, Any], source: str = "adapter_config.json") -> 
         warnings.warn(f"{source}: ignoring config keys lorafam does not use: {unknown}", stacklevel=3)
     for spec in METHODS.values():
         cls = spec.config_cls
-        if hasattr(cls, "accepts_peft") and cls.accepts_peft(d):
+        if cls.accepts_peft(d):
             targets = d.get("target_modules")
             if targets is None:
                 raise ValueError(f"{source}: 'target_modules' is missing")
@@ -295,7 +297,7 @@ def _method_keys(d: dict[str, Any]) -> set[str]:
 
     keys: set[str] = set()
     for spec in METHODS.values():
-        keys |= set(getattr(spec.config_cls, "peft_keys", ()))
+        keys |= set(spec.config_cls.peft_keys)
     return keys
 
 
@@ -341,7 +343,7 @@ def load_adapter(
     d = read_adapter_config(path)
     config = config_from_peft(d, source=str(Path(path) / CONFIG_NAME))
     state = read_adapter_weights(path)
-    _prepare_for_load(config, d, state)
+    config.check_load(d, state)
     if "lorafam_config" not in d and (d.get("exclude_modules") or d.get("layers_to_transform") is not None):
         config.targets = _targets_in_state(state)  # PEFT adapted exactly the modules the file has tensors for
     rewrites = getattr(config, "init", None) in ("pissa", "olora")
@@ -353,8 +355,6 @@ def load_adapter(
         load_adapter_state(
             model, state, name, source=str(Path(path) / WEIGHTS_NAME), shapes=read_layer_shapes(path)
         )
-        if hasattr(config, "after_load"):
-            config.after_load(model, name, d)
     except BaseException:
         before.restore(model, config, name)  # the adapters already attached stay, untouched
         raise
@@ -366,7 +366,7 @@ class _ModelSnapshot:
 
     Held references, not copies: the modules at every adaptable path (a quantised load replaces them, the
     float originals stay alive here until the load succeeds), the adapter lists of layers already adapted,
-    lorafam's attributes on the model, every parameter's ``requires_grad`` and every module's training flag,
+    the model record's entries, every parameter's ``requires_grad`` and every module's training flag,
     and the rotary-embedding state that LongLoRA's position interpolation rewrites. Tensors that a load writes
     into in place (LongLoRA's embeddings and norms) are copied, only when the file's member does that.
     """
@@ -386,7 +386,8 @@ class _ModelSnapshot:
         self.copy_lists = {
             id(w): (list(w.active), list(w.copies)) for w in self.modules.values() if isinstance(w, SavedModule)
         }
-        self.attrs = {k: v for k, v in model.__dict__.items() if k.startswith("lorafam_")}
+        rec = record(model)
+        self.entries = dict(rec.entries) if rec is not None else None  # the model record's entries
         self.grad = [(p, p.requires_grad) for p in model.parameters()]
         self.training = [(m, m.training) for m in model.modules()]
         self.rope = copy.deepcopy(getattr(getattr(model, "config", None), "rope_parameters", None))
@@ -403,12 +404,14 @@ class _ModelSnapshot:
         self.extra = {id(p): p.detach().clone() for p in self.extra_params}
 
     def restore(self, model: nn.Module, config: AdapterConfig, name: str) -> None:
-        from lorafam.core.inject import CONFIGS_ATTR, _set_module, configs
+        from lorafam.core.inject import _set_module, configs
         from lorafam.family import spec_for_config
 
         if name in configs(model) and configs(model)[name] is config:
             with contextlib.suppress(Exception):  # a half-attached adapter; the restore below still runs
                 spec_for_config(config).adapter_cls.on_detach(model, config, name)
+            with contextlib.suppress(Exception):
+                record(model).detach(name)  # type: ignore[union-attr]  # its hooks
         for path, module in self.modules.items():
             try:
                 current = model.get_submodule(path)
@@ -426,13 +429,11 @@ class _ModelSnapshot:
                 for extra in [n for n in module.adapters if n not in names]:
                     del module.adapters[extra]
                 module.active, module.merged = active, merged
-        for key in [k for k in model.__dict__ if k.startswith("lorafam_")]:
-            if key not in self.attrs:
-                object.__delattr__(model, key)
-        for key, value in self.attrs.items():
-            object.__setattr__(model, key, value)
-        if CONFIGS_ATTR not in self.attrs and CONFIGS_ATTR in model.__dict__:
-            object.__delattr__(model, CONFIGS_ATTR)
+        if self.entries is None:
+            if record(model) is not None:
+                object.__delattr__(model, RECORD_ATTR)
+        else:
+            ensure_record(model).entries = dict(self.entries)
         for p, flag in self.grad:
             p.requires_grad_(flag)
         for m, flag in self.training:
@@ -473,11 +474,6 @@ def _targets_in_state(state: dict[str, torch.Tensor]) -> str:
     return "^(" + "|".join(re.escape(p) for p in sorted(paths)) + ")$"
 
 
-def _prepare_for_load(config: AdapterConfig, d: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
-    if hasattr(config, "prepare_load"):
-        config.prepare_load(d, state)
-
-
 def load_adapter_state(
     model: nn.Module,
     state: dict[str, torch.Tensor],
@@ -508,8 +504,6 @@ def load_adapter_state(
         sub.pop("ranknum", None)  # AdaLoRA: PEFT never writes it, third-party files may
         layer.adapters[name].load_peft_state(sub, where=f"{source}: {path}")
     remaining = load_copies(model, name, remaining, PREFIX, source)
-    extra_loader = getattr(model, "lorafam_load_extra_state", None)
-    if extra_loader is not None:
-        remaining = extra_loader(remaining)
+    remaining = record(model).load_rest(name, remaining, PREFIX)  # type: ignore[union-attr]
     if remaining:
         raise KeyError(f"{source}: tensors that match no adapted module of this model: {sorted(remaining)[:8]}")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from lorafam.helpers import check_keys, closest
 
 if TYPE_CHECKING:
-    from lorafam.family import RunFacts
+    from lorafam.family import MethodSpec, RunFacts
 
 __all__ = ["AdapterConfig", "Targets", "closest"]
 
@@ -29,6 +29,9 @@ class AdapterConfig:
     """
 
     method: ClassVar[str] = "base"
+    peft_keys: ClassVar[tuple[str, ...]] = ()
+    """Keys of PEFT's ``adapter_config.json`` this member reads beyond the shared LoRA ones (AdaLoRA's
+    ``init_r``...); they are not reported as ignored on load."""
 
     rank: int = 8
     """Adapter rank r (for AdaLoRA: the initial rank; for Quantum-PEFT: K)."""
@@ -92,6 +95,48 @@ class AdapterConfig:
         packed row as one sample; the trainer refuses ``packing: true`` for them with this reason.
         """
         return None
+
+    @property
+    def peft_type(self) -> str:
+        """The ``peft_type`` written to adapter files: the registry's (``MethodSpec.peft_type``), stored once."""
+        return self.spec().peft_type
+
+    @classmethod
+    def spec(cls) -> MethodSpec:
+        """This member's registry entry."""
+        from lorafam.family import method_spec
+
+        return method_spec(cls.method)
+
+    # -- optional hooks: each has a default; docs/adding-a-member.md lists them ---------------------------------
+    def rank_alpha_for(self, path: str) -> tuple[int, float]:
+        """(rank, alpha) for the module at ``path`` (LoRA's ``rank_pattern``; AdaLoRA's kept triplets).
+        Default: the config's ``rank`` and ``alpha`` everywhere."""
+        return self.rank, float(self.alpha)
+
+    def resolve(self, tokenizer: Any) -> AdapterConfig:
+        """A copy with whatever needs the tokenizer filled in (aLoRA: ``invocation_string`` → token ids). The
+        trainer calls it before attaching. Default: the config itself."""
+        return self
+
+    def to_peft(self) -> dict[str, Any]:
+        """This config as PEFT's ``adapter_config.json`` keys (with ``peft_type``). Every member implements it."""
+        raise NotImplementedError(f"{type(self).__name__} does not define to_peft()")
+
+    @classmethod
+    def accepts_peft(cls, d: dict[str, Any]) -> bool:
+        """Whether a PEFT ``adapter_config.json`` dict (without our ``lorafam_config``) is this member's.
+        At most one member may accept a given dict (tests/unit/test_registry.py). Default: never."""
+        return False
+
+    @classmethod
+    def from_peft(cls, d: dict[str, Any], targets: Any) -> AdapterConfig:
+        """Build the config from a PEFT dict that :meth:`accepts_peft` accepted (``targets`` already resolved)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be read from a PEFT config")
+
+    def check_load(self, d: dict[str, Any], state: dict[str, Any]) -> None:
+        """Check a file's tensors against this config before any module is built (AdaLoRA: each ``lora_E``'s rank
+        against ``rank_pattern``); raise ``ValueError`` naming the tensor. Default: nothing to check."""
 
     # -- serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

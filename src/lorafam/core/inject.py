@@ -12,9 +12,8 @@ from torch import nn
 
 from lorafam.core.adapter import AdaptedLayer, Adapter, Conv1D, base_shape, is_quantized
 from lorafam.core.config import AdapterConfig
+from lorafam.core.record import Entry, drop_if_empty, ensure_record, record
 from lorafam.core.saved_modules import SavedModule, attach_copies, detach_copies, saved_modules
-
-CONFIGS_ATTR = "lorafam_configs"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -75,8 +74,9 @@ def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
 
 
 def configs(model: nn.Module) -> dict[str, AdapterConfig]:
-    """Adapter name → config for every adapter attached to ``model``."""
-    return getattr(model, CONFIGS_ATTR, {})
+    """Adapter name → config for every adapter attached to ``model`` (in attach order)."""
+    rec = record(model)
+    return rec.configs() if rec is not None else {}
 
 
 def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLayer]]:
@@ -141,9 +141,7 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
 
         del layers
         release_float_weights(model)
-    existing = dict(existing)
-    existing[name] = config
-    object.__setattr__(model, CONFIGS_ATTR, existing)
+    ensure_record(model).entries[name] = Entry(config)
     try:
         if config.modules_to_save:
             attach_copies(model, config.modules_to_save, name)
@@ -190,18 +188,10 @@ def _quantize_rest(model: nn.Module, compute_dtype: str) -> bool:
 def _build_on(layer: AdaptedLayer, adapter_cls: type[Adapter], config: AdapterConfig, path: str) -> Adapter:
     """The adapter for one layer: resolved rank/alpha, on the base's device, initialised from the base."""
     in_f, out_f = base_shape(layer.base_layer)
-    rank, alpha = (
-        config.rank_alpha_for(path)
-        if hasattr(config, "rank_alpha_for")
-        else (
-            config.rank,
-            float(config.alpha),
-        )
-    )
+    rank, alpha = config.rank_alpha_for(path)
     adapter = make_adapter(adapter_cls, config, in_f, out_f, rank, alpha, path)
     adapter.to(device=_reference_param(layer.base_layer).device)
-    if hasattr(adapter, "init_from_base"):
-        adapter.init_from_base(layer.base_layer)
+    adapter.init_from_base(layer.base_layer)
     adapter.train(layer.base_layer.training)  # follow the model's mode (no dropout in an eval-mode model)
     return adapter
 
@@ -216,8 +206,7 @@ def make_adapter(
     path: str,
 ) -> Adapter:
     """Build one adapter, turning a too-large rank into an error that names the module."""
-    if hasattr(adapter_cls, "check_shape"):
-        adapter_cls.check_shape(config, in_f, out_f, rank, path)
+    adapter_cls.check_shape(config, in_f, out_f, rank, path)
     return adapter_cls(config, in_f, out_f, rank, alpha)
 
 
@@ -238,9 +227,11 @@ def mark_trainable(model: nn.Module, names: list[str] | None = None) -> None:
             if names is None or adapter_name in names:
                 for pname in adapter.param_roles():
                     adapter.get_parameter(pname).requires_grad_(True)  # dotted names: nested experts
-    for extra in getattr(model, "lorafam_extra_trainable", {}).values():
-        for p in extra:
-            p.requires_grad_(True)
+    rec = record(model)
+    for adapter_name, entry in (rec.entries if rec is not None else {}).items():
+        if names is None or adapter_name in names:
+            for p in entry.trainable.values():
+                p.requires_grad_(True)
     for _, wrapper in saved_modules(model):
         for adapter_name, twin in wrapper.copies.items():
             if names is None or adapter_name in names:
@@ -315,10 +306,11 @@ def merge_and_unload(model: nn.Module, progress: bool = False) -> nn.Module:
         for p in chosen.parameters():
             p.requires_grad_(False)
         _set_module(model, path, chosen)
+    rec = record(model)
     for name, cfg in cfgs.items():
         spec_for_config(cfg).adapter_cls.on_detach(model, cfg, name)
-    if hasattr(model, CONFIGS_ATTR):
-        object.__delattr__(model, CONFIGS_ATTR)
+        rec.detach(name)  # type: ignore[union-attr]
+    drop_if_empty(model)
     if dequantised:
         import warnings
 
@@ -349,17 +341,14 @@ def detach(model: nn.Module, name: str) -> nn.Module:
         raise ValueError(f"no adapter named {name!r} on this model; attached: {sorted(cfgs)}")
     config = cfgs[name]
     spec_for_config(config).adapter_cls.on_detach(model, config, name)
+    record(model).detach(name)  # type: ignore[union-attr]  # its hooks and model-level changes, newest first
     for path, layer in list(adapted_layers(model)):
         if name in layer.adapters:
             layer.remove_adapter(name)
             if not layer.adapters:
                 _set_module(model, path, layer.base_layer)
     detach_copies(model, name)
-    rest = {k: v for k, v in cfgs.items() if k != name}
-    if rest:
-        object.__setattr__(model, CONFIGS_ATTR, rest)
-    elif hasattr(model, CONFIGS_ATTR):
-        object.__delattr__(model, CONFIGS_ATTR)
+    drop_if_empty(model)
     return model
 
 

@@ -9,7 +9,7 @@ Update rule (paper §3.1, scaling as in the authors' code and PEFT):
     P = ``lora_B`` ∈ R^{out×r} (left singular vectors).
 Λ starts at zero (ΔW = 0 at init). P and Q are pushed towards orthonormal by a regulariser and triplets
 (P_:,i, λ_i, Q_i,:) are masked (λ_i ← 0) by importance — both live in the trainer callback of
-:mod:`lorafam.methods.adalora_allocator`, so the trainer needs no AdaLoRA-specific code (a hand-written loop
+:mod:`lorafam.train.adalora_allocator` (named by the registry), so the trainer needs no AdaLoRA-specific code (a hand-written loop
 calls the same hooks).
 
 The scale uses the *initial* rank even after a module has been resized to fewer kept triplets (PEFT's
@@ -28,11 +28,13 @@ from torch import Tensor, nn
 
 from lorafam.core.adapter import Adapter
 from lorafam.core.config import AdapterConfig
+from lorafam.family import MEMBERS
 
 RANKNUM_EPS = 1e-5  # PEFT and the reference code divide by (ranknum + 1e-5); kept for bit-level parity
-RECOMMENDED_LR = 5e-3
+RECOMMENDED_LR: float = float(MEMBERS["adalora"].train.lr)  # type: ignore[arg-type]
 """AdamW learning rate that learns on the default model with the default config (25× LoRA's 2e-4: Λ starts at
-zero and only its r values per matrix carry the update at first). Measured: benchmarks/adalora.py, docs/adalora.md."""
+zero and only its r values per matrix carry the update at first). Stored once, in the registry
+(``TrainDefaults(lr=...)``); measured: benchmarks/adalora.py, docs/adalora.md."""
 PEFT_KEYS = ("init_r", "target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight", "total_step")
 
 
@@ -47,7 +49,6 @@ class AdaLoraConfig(AdapterConfig):
     """
 
     method: ClassVar[str] = "adalora"
-    peft_type: ClassVar[str] = "ADALORA"
     peft_keys: ClassVar[tuple[str, ...]] = PEFT_KEYS
 
     rank: int | None = None  # type: ignore[assignment]
@@ -163,7 +164,7 @@ class AdaLoraConfig(AdapterConfig):
 
     @classmethod
     def accepts_peft(cls, d: dict[str, Any]) -> bool:
-        return d.get("peft_type") == cls.peft_type
+        return d.get("peft_type") == cls.spec().peft_type
 
     @classmethod
     def from_peft(cls, d: dict[str, Any], targets: Any) -> AdaLoraConfig:
@@ -186,7 +187,7 @@ class AdaLoraConfig(AdapterConfig):
             rank_pattern=None if not pattern else {k: [bool(b) for b in v] for k, v in pattern.items()},
         )
 
-    def prepare_load(self, d: dict[str, Any], state: dict[str, Tensor]) -> None:
+    def check_load(self, d: dict[str, Any], state: dict[str, Tensor]) -> None:  # type: ignore[override]
         """Check that every tensor's rank agrees with ``rank_pattern`` before building modules."""
         for key, tensor in state.items():
             if not key.endswith((".lora_E", ".lora_E.default")):
@@ -290,25 +291,5 @@ class AdaLoraAdapter(Adapter):
             self.lora_E[k:].zero_()
         self.kept = None if k == self.rank else torch.arange(self.rank, device=self.lora_E.device) < k
 
-    @classmethod
-    def make_callbacks(cls, model: nn.Module, config: AdapterConfig, name: str, total_steps: int) -> list[Any]:
-        """The rank allocator + orthogonality regulariser, when this adapter is being trained."""
-        from lorafam.core.inject import adapted_layers
-        from lorafam.methods.adalora_allocator import AdaLoraAllocator
-
-        trainable = any(
-            p.requires_grad
-            for _, layer in adapted_layers(model)
-            if name in layer.adapters
-            for p in layer.adapters[name].parameters()
-        )
-        return [AdaLoraAllocator(model, config, name, total_steps)] if trainable else []
-
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, init_rank={self.init_rank}, kept={self.kept_ranks()}"
-
-
-def orthonormal_deviation(p: Tensor, rows: bool) -> Tensor:
-    """‖M Mᵀ − I‖_F for rows (Q) or ‖Mᵀ M − I‖_F for columns (P); used by the regulariser."""
-    cov = p @ p.T if rows else p.T @ p
-    return torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device))

@@ -43,6 +43,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from lorafam.core.record import entry as record_entry
+from lorafam.core.record import record
 from lorafam.methods.lora import LoraAdapter, LoraConfig
 
 NEVER = 2**62
@@ -237,12 +239,11 @@ def _pre_hook(state: ActivationState, module: nn.Module, args: tuple, kwargs: di
     state.update(ids, cache)
 
 
-STATE_ATTR = "lorafam_alora"
-
-
 def activation_states(model: nn.Module) -> dict[str, ActivationState]:
-    """Adapter name → its :class:`ActivationState` for every aLoRA adapter on ``model``."""
-    return {name: entry[0] for name, entry in getattr(model, STATE_ATTR, {}).items()}
+    """Adapter name → its :class:`ActivationState` for every aLoRA adapter on ``model`` (from the model record)."""
+    rec = record(model)
+    entries = rec.entries.items() if rec is not None else ()
+    return {name: e.state["activation"] for name, e in entries if "activation" in e.state}
 
 
 class ALoraAdapter(LoraAdapter):
@@ -303,17 +304,6 @@ class ALoraAdapter(LoraAdapter):
         for _, layer in adapted_layers(model):
             if name in layer.adapters:
                 layer.adapters[name].activation = state
-        registry = dict(getattr(model, STATE_ATTR, {}))
-        registry[name] = (state, handle)
-        object.__setattr__(model, STATE_ATTR, registry)
-
-    @classmethod
-    def on_detach(cls, model: nn.Module, config: ALoraConfig, name: str) -> None:  # type: ignore[override]
-        registry = dict(getattr(model, STATE_ATTR, {}))
-        entry = registry.pop(name, None)
-        if entry is not None:
-            entry[1].remove()
-        if registry:
-            object.__setattr__(model, STATE_ATTR, registry)
-        elif STATE_ATTR in model.__dict__:
-            object.__delattr__(model, STATE_ATTR)
+        entry = record_entry(model, name)
+        entry.state["activation"] = state
+        entry.handles.append(handle)  # removed on detach

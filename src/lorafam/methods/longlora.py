@@ -20,18 +20,18 @@ norms, and the RoPE scaling, stay in the base model.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from lorafam.attention import s2attn
 from lorafam.core.config import AdapterConfig
+from lorafam.core.record import Undo
+from lorafam.core.record import entry as record_entry
 from lorafam.methods.lora import LoraAdapter, LoraConfig
-
-STATE_ATTR = "lorafam_longlora"
 
 
 @dataclass(kw_only=True)
@@ -88,39 +88,19 @@ class LongLoraAdapter(LoraAdapter):
 
     @classmethod
     def on_attach(cls, model: nn.Module, config: AdapterConfig, name: str) -> None:
+        """S²-Attn on (undone on detach), embeddings and norms recorded as extra trainable tensors (saved with the
+        adapter as ``modules_to_save``), RoPE scaling applied (kept: it is part of the trained model)."""
         assert isinstance(config, LongLoraConfig)
-        state: dict[str, Any] = {"previous_attn": None, "extra": {}}
+        entry = record_entry(model, name)
         if config.target_context is not None:  # first: it validates before anything attention-related changes
             apply_position_interpolation(model, config.target_context)
         if config.s2attn:
             settings = s2attn.S2AttnSettings(config.group_size_ratio, config.shift_wraparound)
-            state["previous_attn"] = s2attn.enable(model, settings)
+            previous = s2attn.enable(model, settings)
+            entry.handles.append(Undo(functools.partial(s2attn.disable, model, previous)))
         if config.trainable_embeddings_and_norms:
-            state["extra"] = embedding_and_norm_params(model)
-            extra = dict(getattr(model, "lorafam_extra_trainable", {}))
-            extra[name] = list(state["extra"].values())
-            object.__setattr__(model, "lorafam_extra_trainable", extra)
-            object.__setattr__(model, "lorafam_extra_state", lambda: _extra_state(model))
-            object.__setattr__(model, "lorafam_load_extra_state", lambda rest: _load_extra_state(model, rest))
-            object.__setattr__(model, "lorafam_extra_peft_config", lambda: _extra_peft_config(model))
-        object.__setattr__(model, STATE_ATTR, state)
-
-    @classmethod
-    def on_detach(cls, model: nn.Module, config: AdapterConfig, name: str) -> None:
-        state = getattr(model, STATE_ATTR, None)
-        if state is None:
-            return
-        if getattr(config, "s2attn", False):
-            s2attn.disable(model, state["previous_attn"])
-        extra = dict(getattr(model, "lorafam_extra_trainable", {}))
-        extra.pop(name, None)
-        if extra:
-            object.__setattr__(model, "lorafam_extra_trainable", extra)
-        elif "lorafam_extra_trainable" in model.__dict__:
-            object.__delattr__(model, "lorafam_extra_trainable")
-        for attr in ("lorafam_extra_state", "lorafam_load_extra_state", "lorafam_extra_peft_config", STATE_ATTR):
-            if attr in model.__dict__:
-                object.__delattr__(model, attr)
+            entry.trainable.update(embedding_and_norm_params(model))
+            entry.aliases.update(tied_head_alias(model, entry.trainable))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,60 +133,21 @@ def embedding_and_norm_params(model: nn.Module) -> dict[str, nn.Parameter]:
     return found
 
 
-def _tied_head(model: nn.Module) -> tuple[str, nn.Parameter] | None:
-    """(file key, weight) of an output head that shares its weight with a trained embedding, else None.
+def tied_head_alias(model: nn.Module, trained: dict[str, nn.Parameter]) -> dict[str, nn.Parameter]:
+    """{file key: weight} of an output head that shares its weight with a trained embedding, else {}.
 
     PEFT's ``modules_to_save`` gives each listed module its own copy, so a file that lists only the embedding
     leaves PEFT's head on the untrained tied weight (logits 0.93 off ours on a tied model). The file therefore
     also carries the head, with the same values, and lists it: PEFT's two copies then hold what our one tensor
-    holds.
+    holds (the record's ``aliases``: written, listed, and skipped on load).
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     weight = getattr(head, "weight", None) if isinstance(head, nn.Module) else None
-    if weight is None:
-        return None
-    extra = getattr(model, STATE_ATTR)["extra"]
-    if not any(p is weight for p in extra.values()):
-        return None
+    if weight is None or not any(p is weight for p in trained.values()):
+        return {}
     path = next(n for n, m in model.named_modules() if m is head)
     key = f"{path}.weight"
-    return None if key in extra else (key, weight)
-
-
-def _extra_state(model: nn.Module) -> dict[str, Tensor]:
-    state = dict(getattr(model, STATE_ATTR)["extra"])
-    tied = _tied_head(model)
-    if tied is not None:
-        state[tied[0]] = tied[1].detach().clone()  # its own storage: safetensors refuses shared tensors
-    return state
-
-
-def _load_extra_state(model: nn.Module, remaining: dict[str, Tensor]) -> dict[str, Tensor]:
-    from lorafam.core.checkpoint import PREFIX
-
-    params: dict[str, nn.Parameter] = getattr(model, STATE_ATTR)["extra"]
-    rest = dict(remaining)
-    for key, p in params.items():
-        file_key = f"{PREFIX}{key}"
-        if file_key not in rest:
-            raise KeyError(f"adapter file lacks the trained embedding/norm tensor {file_key!r}")
-        src = rest.pop(file_key)
-        if tuple(src.shape) != tuple(p.shape):
-            raise ValueError(f"{file_key}: shape {tuple(src.shape)} in the file but {tuple(p.shape)} in the model")
-        with torch.no_grad():
-            p.copy_(src.to(dtype=p.dtype, device=p.device))
-    tied = _tied_head(model)
-    if tied is not None:  # the head's copy of the tied embedding (written for PEFT; ours is the same tensor)
-        rest.pop(f"{PREFIX}{tied[0]}", None)
-    return rest
-
-
-def _extra_peft_config(model: nn.Module) -> dict[str, Any]:
-    keys = list(getattr(model, STATE_ATTR)["extra"])
-    tied = _tied_head(model)
-    if tied is not None:
-        keys.append(tied[0])
-    return {"modules_to_save": sorted({k.rsplit(".", 1)[0].split(".")[-1] for k in keys})}
+    return {} if key in trained else {key: weight}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -65,7 +65,6 @@ class LoraConfig(AdapterConfig):
     """Plain LoRA (rsLoRA with ``use_rslora=True``)."""
 
     method: ClassVar[str] = "lora"
-    peft_type: ClassVar[str] = "LORA"
 
     use_rslora: bool = False
     """Scale by α/√r instead of α/r (rsLoRA)."""
@@ -152,7 +151,7 @@ class LoraConfig(AdapterConfig):
     @classmethod
     def accepts_peft(cls, d: dict[str, Any]) -> bool:
         return (
-            d.get("peft_type") == cls.peft_type
+            d.get("peft_type") == cls.spec().peft_type
             and not d.get("use_dora", False)
             and not d.get("alora_invocation_tokens")
         )

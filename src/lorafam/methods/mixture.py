@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lorafam.core.adapter import Adapter
-from lorafam.core.config import AdapterConfig, Targets, closest
-from lorafam.methods.mixture_runtime import RoutingState, install_routing_hooks, mixtures
+from lorafam.core.config import AdapterConfig, Targets
+from lorafam.helpers import unknown
+from lorafam.methods.mixture_runtime import RoutingState, install_routing_hooks
 
 _NOT_MERGEABLE = (
     "the router's gates depend on the input, so no single ΔW exists (merge or export one expert instead)"
@@ -45,7 +46,6 @@ class MixtureConfig(AdapterConfig):
     """A routed mixture of family members. ``rank``/``alpha``/``dropout`` are the defaults of experts given by name."""
 
     method: ClassVar[str] = "mixture"
-    peft_type: ClassVar[str] = "LORAFAM_MIXTURE"
 
     experts: list[Any] = field(default_factory=lambda: ["lora", "dora", "quantum"])
     """Member names ("dora"), dicts ({"member": "quantum", "layers": 2} or {"method": ...}) or member configs."""
@@ -111,13 +111,11 @@ class MixtureConfig(AdapterConfig):
             d = {"member": e} if isinstance(e, str) else dict(e)
             name = d.pop("member")
             if name not in MEMBERS:
-                raise ValueError(
-                    f"{where}: unknown member {name!r}.{closest(name, list(MEMBERS))} Valid: {list(MEMBERS)}"
-                )
+                raise unknown("member", name, MEMBERS, where)
             cfg = MEMBERS[name].make_config(**{**shared, **d})
         elif isinstance(e, dict) and "method" in e:
             if e["method"] not in METHODS:
-                raise ValueError(f"{where}: unknown method {e['method']!r}; valid: {list(METHODS)}")
+                raise unknown("method", e["method"], METHODS, where)
             cfg = METHODS[e["method"]].config_cls.from_dict({**shared, **e})
         elif isinstance(e, AdapterConfig):
             cfg = e
@@ -125,12 +123,8 @@ class MixtureConfig(AdapterConfig):
             raise ValueError(
                 f"{where}: expected a member name, a dict with 'member' or 'method', or a config; got {e!r}"
             )
-        cls = METHODS[type(cfg).method].adapter_cls
-        needs_hooks = cls.make_callbacks.__func__ is not Adapter.make_callbacks.__func__ or (
-            cls.on_attach.__func__ is not Adapter.on_attach.__func__ and not hasattr(cls, "share")
-        )
-        if type(cfg).method == "mixture" or needs_hooks:
-            ok = [m for m, s in MEMBERS.items() if s.method not in ("mixture", "adalora", "alora", "longlora")]
+        if not METHODS[type(cfg).method].mixable:  # a registry fact (MethodSpec.mixable)
+            ok = [m for m, s in MEMBERS.items() if METHODS[s.method].mixable]
             raise ValueError(
                 f"{where}: {type(cfg).method!r} cannot be a mixture expert (it needs model-level hooks or trainer "
                 f"callbacks of its own). Members that can: {ok}"
@@ -160,7 +154,7 @@ class MixtureConfig(AdapterConfig):
 
     @classmethod
     def accepts_peft(cls, d: dict[str, Any]) -> bool:
-        return d.get("peft_type") == cls.peft_type
+        return d.get("peft_type") == cls.spec().peft_type
 
 
 def _weakrefable(obj: Any) -> bool:
@@ -212,16 +206,14 @@ class MixtureAdapter(Adapter):
 
         for i, c in enumerate(config.experts):
             expert_cls = METHODS[type(c).method].adapter_cls
-            if hasattr(expert_cls, "check_shape"):
-                try:
-                    expert_cls.check_shape(c, in_f, out_f, c.rank, path)
-                except ValueError as exc:
-                    raise ValueError(f"MixtureConfig: experts[{i}]: {exc}") from exc
+            try:
+                expert_cls.check_shape(c, in_f, out_f, c.rank, path)
+            except ValueError as exc:
+                raise ValueError(f"MixtureConfig: experts[{i}]: {exc}") from exc
 
     def init_from_base(self, base: nn.Module) -> None:
         for ex in self.experts:
-            if hasattr(ex, "init_from_base"):
-                ex.init_from_base(base)
+            ex.init_from_base(base)
 
     def param_roles(self) -> dict[str, str]:
         roles = {"router_weight": "gate", "router_bias": "gate"}
@@ -340,24 +332,29 @@ class MixtureAdapter(Adapter):
             for ex in ad.experts:
                 by_cls.setdefault(type(ex), []).append(ex)
         for expert_cls, children in by_cls.items():
-            if hasattr(expert_cls, "share"):  # e.g. Quantum-PEFT's batched circuits
-                expert_cls.share(children)
+            expert_cls.share(children)  # e.g. Quantum-PEFT's batched circuits
 
         install_routing_hooks(model, name, state)
 
     @classmethod
     def on_detach(cls, model: nn.Module, config: AdapterConfig, name: str) -> None:
-        hooks = getattr(model, "lorafam_mixture_hooks", {})
-        for handle in hooks.pop(name, ()):
-            handle.remove()
-        if not hooks and "lorafam_mixture_hooks" in model.__dict__:
-            object.__delattr__(model, "lorafam_mixture_hooks")
         for _, ad in mixtures(model, name):
             ad._routing = None
             ad._seqs.clear()
 
-    @classmethod
-    def make_callbacks(cls, model: nn.Module, config: AdapterConfig, name: str, total_steps: int) -> list[Any]:
-        from lorafam.methods.mixture_runtime import MixtureCallback
 
-        return [MixtureCallback(model, name, config)]
+def mixtures(model: nn.Module, name: str) -> list[tuple[str, Any]]:
+    """(module path, MixtureAdapter) for every layer carrying mixture adapter ``name``."""
+    from lorafam.core.inject import adapted_layers
+
+    return [
+        (path, ad) for path, layer in adapted_layers(model) for k, ad in layer.adapters.items() if k == name
+        if isinstance(ad, MixtureAdapter)
+    ]  # fmt: skip
+
+
+def router_stats(model: nn.Module, name: str = "default") -> dict[str, list[float]]:
+    """Module path → mean gate per expert over all training tokens (or sequences) seen so far (saved, reloadable)."""
+    return {
+        path: (ad.gate_sum / ad.gate_count.clamp_min(1)).tolist() for path, ad in mixtures(model, name)
+    }  # fmt: skip

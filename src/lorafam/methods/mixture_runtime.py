@@ -1,14 +1,12 @@
-"""Runtime of the mixture (``lorafam.methods.mixture``): routing state and hooks, balance loss, router statistics."""
+"""Runtime of the mixture (``lorafam.methods.mixture``): the routing state and the model-level hooks that set it."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from lorafam.train.callbacks import Callback
+from lorafam.core.record import entry as record_entry
 
 
 class RoutingState:
@@ -60,75 +58,7 @@ def install_routing_hooks(model: nn.Module, name: str, state: RoutingState) -> N
 
     body = getattr(model, "base_model", None)
     target = body if isinstance(body, nn.Module) and body is not model else model
-    hooks = getattr(model, "lorafam_mixture_hooks", {})
-    hooks[name] = (
-        target.register_forward_pre_hook(pre, with_kwargs=True),
-        target.register_forward_hook(post, with_kwargs=True),
-    )
-    model.lorafam_mixture_hooks = hooks
-
-
-def mixtures(model: nn.Module, name: str) -> list[tuple[str, Any]]:
-    """(module path, MixtureAdapter) for every layer carrying mixture adapter ``name``."""
-    from lorafam.core.inject import adapted_layers
-    from lorafam.methods.mixture import MixtureAdapter
-
-    return [
-        (path, ad) for path, layer in adapted_layers(model) for k, ad in layer.adapters.items() if k == name
-        if isinstance(ad, MixtureAdapter)
-    ]  # fmt: skip
-
-
-def router_stats(model: nn.Module, name: str = "default") -> dict[str, list[float]]:
-    """Module path → mean gate per expert over all training tokens (or sequences) seen so far (saved, reloadable)."""
-    return {
-        path: (ad.gate_sum / ad.gate_count.clamp_min(1)).tolist() for path, ad in mixtures(model, name)
-    }  # fmt: skip
-
-
-class MixtureCallback(Callback):
-    """Adds the balance loss and logs the mean gate per expert (overall and per transformer block)."""
-
-    def __init__(self, model: nn.Module, name: str, config: Any):
-        self.name = f"mixture:{name}"
-        self.adapter_name = name
-        self.weight = float(config.balance_loss_weight)
-        self.labels = [f"e{i}_{type(c).method}" for i, c in enumerate(config.experts)]
-        self.mixes = mixtures(model, name)
-        self.last_balance = float("nan")
-
-    def extra_loss(self, model: nn.Module) -> Tensor | None:
-        terms = [ad._aux for _, ad in self.mixes if ad._aux is not None]
-        for _, ad in self.mixes:
-            ad._aux = None
-        if not terms:
-            return None
-        balance = torch.stack(terms).mean()
-        self.last_balance = float(balance.detach())
-        return self.weight * balance if self.weight > 0 else None
-
-    def logs(self) -> dict[str, float]:
-        out: dict[str, float] = {f"router/{self.adapter_name}/balance": self.last_balance}
-        n = len(self.labels)
-        total = torch.zeros(n + 1, dtype=torch.float64)
-        blocks: dict[str, Tensor] = {}
-        for path, ad in self.mixes:
-            total += ad.window
-            m = re.search(r"\.(\d+)\.", f".{path}.")
-            key = f"L{int(m.group(1)):02d}" if m else path
-            blocks[key] = blocks.get(key, torch.zeros(n + 1, dtype=torch.float64)) + ad.window
-            ad.window.zero_()
-        if total[n] == 0:
-            return out
-        for i, label in enumerate(self.labels):
-            out[f"router/{self.adapter_name}/{label}"] = float(total[i] / total[n])
-        for key, w in sorted(blocks.items()):
-            for i in range(n):
-                out[f"router/{self.adapter_name}/{key}/e{i}"] = float(w[i] / w[n].clamp_min(1))
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"last_balance": self.last_balance}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.last_balance = float(state.get("last_balance", float("nan")))
+    entry = record_entry(model, name)
+    entry.handles.append(target.register_forward_pre_hook(pre, with_kwargs=True))  # removed on detach
+    entry.handles.append(target.register_forward_hook(post, with_kwargs=True))
+    entry.state["routing"] = state

@@ -45,7 +45,6 @@ class QuantumConfig(AdapterConfig):
     """Quantum-PEFT: ``rank`` is K (the number of columns of U and V and the length of λ)."""
 
     method: ClassVar[str] = "quantum"
-    peft_type: ClassVar[str] = "LORAFAM_QUANTUM"
 
     layers: int = 1
     """L, the number of entangling (CZ + RY ladder) layers of each circuit; at least 1."""
@@ -65,7 +64,7 @@ class QuantumConfig(AdapterConfig):
 
     @classmethod
     def accepts_peft(cls, d: dict[str, Any]) -> bool:
-        return d.get("peft_type") == cls.peft_type
+        return d.get("peft_type") == cls.spec().peft_type
 
 
 # ---------------------------------------------------------------------------------------------------------------

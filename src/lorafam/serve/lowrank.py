@@ -178,8 +178,7 @@ def build_adapters(layers: dict[str, nn.Module], path: Path) -> BuiltAdapter:
             f"{config.target_context}), which would change every other request; serve it alone with `lorafam chat`"
         )
     state = read_adapter_weights(path)
-    if hasattr(config, "prepare_load"):
-        config.prepare_load(d, state)
+    config.check_load(d, state)
     spec = spec_for_config(config)
     picked = match_targets(list(layers), config.targets, config.exclude)
     if not picked:

@@ -141,11 +141,10 @@ def build_model(cfg: TrainConfig, device: torch.device | str | None = None) -> t
     acfg = None
     if cfg.is_adapter_method and not cfg.adapter_name_or_path:
         acfg = adapter_config(cfg)
-        if hasattr(acfg, "resolve"):  # aLoRA: an invocation string becomes token ids with this tokenizer
-            try:
-                acfg = acfg.resolve(tok)
-            except ValueError as exc:
-                raise ConfigError(f"method_args: {exc}") from exc
+        try:  # aLoRA: an invocation string becomes token ids with this tokenizer (others: the config itself)
+            acfg = acfg.resolve(tok)
+        except ValueError as exc:
+            raise ConfigError(f"method_args: {exc}") from exc
     model = lf.load_model(cfg.model_name_or_path, device=device)
     if acfg is not None:
         lf.attach(model, acfg)

@@ -1,12 +1,9 @@
 """Trainer callbacks: the plug-in points members use (AdaLoRA's rank allocator, mixture balance losses...).
 
-A member contributes callbacks through its adapter class's ``make_callbacks(model, config, total_steps)``;
-the trainer asks every attached adapter's class for them, so ``lorafam train`` needs no per-member code.
-A user's own loop can call the same hooks in the same order:
-
-    loss = loss + sum(cb.extra_loss(model) for cb in cbs if ...)   # before backward
-    loss.backward(); [cb.on_after_backward(step, model) for cb in cbs]
-    optimizer.step(); [cb.on_optimizer_step(step, model) for cb in cbs]; optimizer.zero_grad()
+A member names its callback class in the registry (``MethodSpec.callbacks = "module:Class"``, e.g.
+``lorafam.train.adalora_allocator:AdaLoraAllocator``); :func:`callbacks_for` builds one per attached adapter
+with :meth:`Callback.for_adapter`, so ``lorafam train`` and the arena need no per-member code. The order of the
+hooks is written once, in :func:`lorafam.train.step.optimizer_step`, which a hand-written loop can call too.
 """
 
 from __future__ import annotations
@@ -24,6 +21,13 @@ class Callback:
     unshardable: str | None = None
     """Why this callback cannot run under FSDP2 (``fsdp: true``), or None when it can: a callback that reads whole
     parameter or gradient tensors between steps would see only this rank's shard."""
+
+    @classmethod
+    def for_adapter(cls, model: nn.Module, config: Any, name: str, total_steps: int) -> Callback | None:
+        """The callback a member's registry entry names (``MethodSpec.callbacks``), for attached adapter ``name``;
+        None when it has nothing to do (AdaLoRA on a frozen adapter). Default: ``cls(model, config, name,
+        total_steps)``."""
+        return cls(model, config, name, total_steps)  # type: ignore[call-arg]
 
     def on_train_begin(self, model: nn.Module, total_steps: int) -> None:
         """Once, before the first step (also after a resume)."""
@@ -51,11 +55,15 @@ class Callback:
 
 
 def callbacks_for(model: nn.Module, total_steps: int) -> list[Callback]:
-    """Every callback the attached adapters ask for."""
+    """The callbacks the registry names for the attached adapters (``MethodSpec.callbacks``), in attach order."""
     from lorafam.core.inject import configs
     from lorafam.family import spec_for_config
 
     out: list[Callback] = []
     for name, cfg in configs(model).items():
-        out.extend(spec_for_config(cfg).adapter_cls.make_callbacks(model, cfg, name, total_steps))
+        cls = spec_for_config(cfg).callback_cls
+        if cls is not None:
+            cb = cls.for_adapter(model, cfg, name, total_steps)
+            if cb is not None:
+                out.append(cb)
     return out

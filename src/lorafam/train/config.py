@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from lorafam.family import MEMBERS, METHODS
 from lorafam.train.foreign import FOREIGN, ForeignKeyError
 
 # Values of LLaMA-Factory / HF keys that lorafam implements; anything else is refused with the reason.
@@ -157,7 +158,7 @@ class TrainConfig(BaseModel):
     @classmethod
     def _bf16_auto(cls, v: Any) -> Any:
         if v == "auto":  # axolotl: bf16 where it is fast
-            from lorafam.train.trainer import native_bf16
+            from lorafam.core.precision import native_bf16
 
             return native_bf16()
         return v
@@ -212,7 +213,6 @@ class TrainConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        from lorafam.family import MEMBERS
 
         if v not in MEMBERS and v not in FULL_METHODS:
             valid = [*MEMBERS, *FULL_METHODS]
@@ -228,12 +228,17 @@ class TrainConfig(BaseModel):
             )
         if self.warmup_steps and self.warmup_ratio:
             raise ValueError("'warmup_steps' and 'warmup_ratio' are both set; set only one of them")
-        if self.use_dora and self.method not in ("lora", "dora"):
-            raise ValueError(f"'use_dora' is only valid with method: lora (got method: {self.method})")
-        if self.loraplus_lr_ratio is not None and self.method in ("quantum", *FULL_METHODS):
+        member = MEMBERS.get(self.method)  # None: full fine-tuning
+        variants = {m.dora_variant for m in MEMBERS.values() if m.dora_variant}
+        if self.use_dora and (member is None or not (member.dora_variant or self.method in variants)):
+            takes = sorted(n for n, m in MEMBERS.items() if m.dora_variant)
             raise ValueError(
-                f"'loraplus_lr_ratio' needs an adapter with a B factor (LoRA, DoRA, AdaLoRA, LongLoRA, aLoRA, "
-                f"MoPEFT...), not method: {self.method}"
+                f"'use_dora' is only valid with method: {', '.join(takes)} (got method: {self.method})"
+            )
+        if self.loraplus_lr_ratio is not None and (member is None or not METHODS[member.method].loraplus):
+            takes = ", ".join(n for n, m in MEMBERS.items() if METHODS[m.method].loraplus)
+            raise ValueError(
+                f"'loraplus_lr_ratio' needs an adapter with a B factor (method: {takes}), not method: {self.method}"
             )
         if self.method in FULL_METHODS and (self.quantization_bit or self.adapter_name_or_path):
             key = "quantization_bit" if self.quantization_bit else "adapter_name_or_path"
@@ -333,7 +338,6 @@ def canonicalise(raw: dict[str, Any], source: str = "config", notes: list[str] |
 
     ``notes`` (when given) receives one line per accepted key that changes nothing here.
     """
-    from lorafam.family import MEMBERS
 
     notes = notes if notes is not None else []
     valid = list(TrainConfig.model_fields)

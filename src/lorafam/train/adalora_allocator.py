@@ -59,6 +59,21 @@ class AdaLoraAllocator(Callback):
         "masks the lowest across all layers, so it needs them unsharded on every rank"
     )
 
+    @classmethod
+    def for_adapter(
+        cls, model: nn.Module, config: AdaLoraConfig, name: str, total_steps: int
+    ) -> AdaLoraAllocator | None:
+        """The allocator + regulariser when adapter ``name`` is being trained (None for a frozen one)."""
+        from lorafam.core.inject import adapted_layers
+
+        trainable = any(
+            p.requires_grad
+            for _, layer in adapted_layers(model)
+            if name in layer.adapters
+            for p in layer.adapters[name].parameters()
+        )
+        return cls(model, config, name, total_steps) if trainable else None
+
     def __init__(self, model: nn.Module, config: AdaLoraConfig, name: str = "default", total_steps: int = 0):
         from lorafam.core.inject import adapted_layers
 

@@ -77,6 +77,7 @@ def part_mixed(args: argparse.Namespace, base: Any, tok: Any, model_dir: str | N
     times = interleave(
         {
             "mixed_8_adapters": lambda: run_batch(engine, mixed, prompts, args.out_len),
+            "mixed_8_concat": lambda: _with_kernel(engine, "concat", mixed, prompts, args.out_len),
             "one_adapter": lambda: run_batch(engine, ["lora-r16"] * rows, prompts, args.out_len),
             "base": lambda: run_batch(engine, ["base"] * rows, prompts, args.out_len),
         },
@@ -91,9 +92,21 @@ def part_mixed(args: argparse.Namespace, base: Any, tok: Any, model_dir: str | N
         "ratio_mixed_over_one": paired(times["mixed_8_adapters"], times["one_adapter"]),
         "ratio_spread": spread(times["mixed_8_adapters"], times["one_adapter"]),
         "ratio_one_over_base": paired(times["one_adapter"], times["base"]),
+        "ratio_concat_over_one": paired(times["mixed_8_concat"], times["one_adapter"]),
+        "ratio_grouped_over_concat": paired(times["mixed_8_adapters"], times["mixed_8_concat"]),
+        "ratio_grouped_over_concat_spread": spread(times["mixed_8_adapters"], times["mixed_8_concat"]),
     }
     out["peft"] = _peft_mixed(args, model_dir, tok, root, prompts)
     return out
+
+
+def _with_kernel(engine: Engine, kernel: str, models: list[str], prompts: list[list[int]], out_len: int) -> float:
+    """The same batch with another mixed-adapter kernel (the concatenated one the engine used before)."""
+    engine.cfg.mixed_kernel = kernel
+    try:
+        return run_batch(engine, models, prompts, out_len)
+    finally:
+        engine.cfg.mixed_kernel = "grouped"
 
 
 def _peft_mixed(

@@ -175,7 +175,7 @@ class AdapterOps:
             _detach(self.model, rec.name)
         self.adapters.pop(rec.name, None)
         self.prefix.drop_namespace(rec.namespace)
-        self._set_key = self._set = self._mixed_key = self._mixed = None
+        self._mixed_key = self._mixed = None
         if self.metrics:
             self.metrics.loaded.set(len(self.adapters))
 

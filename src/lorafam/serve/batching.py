@@ -38,7 +38,7 @@ from torch import nn
 
 from lorafam.serve.adapters import AdapterOps
 from lorafam.serve.kv import PrefixBlocks, SlotKV, register_attention
-from lorafam.serve.mixing import AdapterSet, Mixed
+from lorafam.serve.mixing import Grouped, Mixed
 from lorafam.serve.requests import EngineConfig, EngineError, GenRequest, Row, ServedAdapter
 from lorafam.serve.rows import RowOps
 
@@ -86,10 +86,8 @@ class Engine(AdapterOps, RowOps):
             p: (m.base_layer if isinstance(m, AdaptedLayer) else m) for p, m in adaptable_layers(model).items()
         }
         self._groups: list[Any] | None = None
-        self._set_key: tuple | None = None
-        self._set: AdapterSet | None = None
         self._mixed_key: tuple | None = None
-        self._mixed: Mixed | None = None
+        self._mixed: Grouped | Mixed | None = None
         self._hooks = [m.register_forward_hook(self._make_hook(p)) for p, m in self.linears.items()]
         head = model.get_output_embeddings()  # a transformers causal LM always has the method
         if head is not None:

@@ -169,7 +169,7 @@ def fast_inference(model: nn.Module) -> Iterator[bool]:
     config = getattr(model, "config", None)
     previous = getattr(config, "_attn_implementation", None)
     switch = previous == "sdpa"
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = model.get_output_embeddings()  # every transformers PreTrainedModel has it (None when there is no head)
     handle = head.register_forward_pre_hook(_contiguous_input) if head is not None else None
     try:
         if switch:

@@ -191,9 +191,7 @@ def build_adapters(layers: dict[str, nn.Module], path: Path) -> BuiltAdapter:
     for p in picked:
         base = layers[p]
         in_f, out_f = base_shape(base)
-        rank, alpha = (
-            config.rank_alpha_for(p) if hasattr(config, "rank_alpha_for") else (config.rank, float(config.alpha))
-        )
+        rank, alpha = config.rank_alpha_for(p)
         module = make_adapter(spec.adapter_cls, config, in_f, out_f, rank, alpha, p)
         ref = next(iter(base.parameters()))
         module.to(device=ref.device).eval()

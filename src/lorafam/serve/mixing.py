@@ -29,8 +29,80 @@ class Group:
             apply_term(lr, x, out, self.rows, self.tok)
 
 
+class Grouped:
+    """Rows of several adapters in one decode call, grouped by adapter (each row's own rank, no padding).
+
+    The rows that carry an adapter are put in adapter order once per layer call (one gather of x); each adapter
+    then adds its term on its own contiguous block of rows with one pair of matmuls, ``d[s:e] = (x[s:e] Aᵀ)(S Bᵀ)``,
+    and one ``index_add`` puts every row's term back (no gather at all when the rows already are in that order).
+    So each row costs its own adapter's rank — not the sum of the batch's ranks, as a single product with every
+    adapter's factors concatenated (masked to each row's own columns) would. DoRA rows first scale their base output
+    by g and add c (one broadcast product over the batch: 1 and 0 on other rows). Decode only (one token per row).
+    """
+
+    def __init__(
+        self, recs: list[ServedAdapter], row_adapter: list[int], device: torch.device, dtype: torch.dtype
+    ):
+        order = sorted((k, i) for i, k in enumerate(row_adapter) if k >= 0)
+        self.perm = torch.tensor([i for _, i in order], dtype=torch.long, device=device)
+        self.in_place = [i for _, i in order] == list(range(len(row_adapter)))
+        blocks: dict[int, tuple[int, int]] = {}
+        for pos, (k, _) in enumerate(order):
+            start, _ = blocks.get(k, (pos, pos))
+            blocks[k] = (start, pos + 1)
+        index = torch.tensor([k + 1 for k in row_adapter], dtype=torch.long, device=device)
+        self.plans: dict[str, tuple[list[tuple[LowRank, int, int]], Tensor | None, Tensor | None]] = {}
+        for path in sorted({p for rec in recs for p in rec.layers}):
+            terms = [(recs[k].layers[path], s, e) for k, (s, e) in blocks.items() if path in recs[k].layers]
+            if terms:
+                self.plans[path] = (terms, *_dora_rows(recs, path, index, dtype, device))
+
+    def apply(self, path: str, x: Tensor, out: Tensor) -> None:
+        plan = self.plans.get(path)
+        if plan is None:
+            return
+        terms, g, c = plan
+        n_in, n_out = x.shape[-1], out.shape[-1]
+        if g is not None:
+            out.mul_(g)
+        if c is not None:
+            out.add_(c)
+        x2, out2 = x.reshape(-1, n_in), out.view(-1, n_out)
+        if self.in_place:
+            for lr, s, e in terms:
+                out2[s:e].addmm_(x2[s:e] @ lr.a_t, lr.sb_t)
+            return
+        xs = x2.index_select(0, self.perm)
+        d = out2.new_zeros(len(self.perm), n_out)
+        for lr, s, e in terms:
+            d[s:e].addmm_(xs[s:e] @ lr.a_t, lr.sb_t)
+        out2.index_add_(0, self.perm, d)
+
+
+def _dora_rows(
+    recs: list[ServedAdapter], path: str, index: Tensor, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor | None, Tensor | None]:
+    """Per-row DoRA scale g and offset c on ``path``, (rows, 1, out): each row's adapter's, 1 and 0 for others."""
+    parts = [(k, rec.layers[path]) for k, rec in enumerate(recs) if path in rec.layers]
+    g = c = None
+    n_out = parts[0][1].sb_t.shape[1]
+    if any(lr.g is not None for _, lr in parts):
+        g = torch.ones(len(recs) + 1, n_out, dtype=dtype, device=device)
+        for k, lr in parts:
+            if lr.g is not None:
+                g[k + 1] = lr.g
+        g = g[index][:, None, :]
+    if any(lr.c is not None for _, lr in parts):  # DoRA on a layer with a bias
+        c = torch.zeros(len(recs) + 1, n_out, dtype=dtype, device=device)
+        for k, lr in parts:
+            if lr.c is not None:
+                c[k + 1] = lr.c
+        c = c[index][:, None, :]
+    return g, c
+
+
 class AdapterSet:
-    """The low-rank factors of several adapters concatenated along the rank axis, per layer.
+    """The low-rank factors of several adapters concatenated along the rank axis, per layer (for :class:`Mixed`).
 
     For adapters a_1 … a_k on a layer: A_cat = [A_1ᵀ … A_kᵀ] (in, Σ r_i) and SB_cat = [S_1B_1ᵀ; …] (Σ r_i, out);
     ``seg`` tells which adapter each of the Σ r_i columns belongs to. No rank is padded: each adapter keeps its own
@@ -61,10 +133,12 @@ class AdapterSet:
 
 
 class Mixed:
-    """Rows of several adapters in one call: per layer h = (x A_cat) ∘ M, out ← G ∘ out + C + h SB_cat.
+    """Rows of several adapters in one call, the concatenated way (``EngineConfig.mixed_kernel="concat"``, kept for
+    the benchmark's comparison): per layer h = (x A_cat) ∘ M, out ← G ∘ out + C + h SB_cat.
 
     M (rows, Σ r) keeps each row's own adapter's columns (exact zeros elsewhere, so the sum is each row's own term);
-    G, C are the rows' DoRA scale/offset (1, 0 for other rows). Three kernels per layer however many adapters.
+    G, C are the rows' DoRA scale/offset (1, 0 for other rows). Three kernels per layer however many adapters, but
+    every row computes every adapter's columns (Σ r of the batch per row).
     """
 
     def __init__(self, adapter_set: AdapterSet, row_adapter: Tensor, dtype: torch.dtype):

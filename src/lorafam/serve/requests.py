@@ -38,8 +38,15 @@ class EngineConfig:
     """Merge the adapter when all traffic is one mergeable adapter."""
     merge_after: int = 8
     """... for this many scheduler steps in a row."""
+    mixed_kernel: str = "grouped"
+    """How a decode step adds the terms of several adapters: ``"grouped"`` (rows grouped by adapter, each row at its
+    own adapter's rank) or ``"concat"`` (one product with every adapter's factors concatenated, masked per row)."""
     max_model_len: int | None = None
     """Prompt + generation limit; default: the model's ``max_position_embeddings``."""
+
+    def __post_init__(self) -> None:
+        if self.mixed_kernel not in ("grouped", "concat"):
+            raise ValueError(f"EngineConfig.mixed_kernel: {self.mixed_kernel!r}; valid: 'grouped', 'concat'")
 
 
 @dataclass(eq=False)

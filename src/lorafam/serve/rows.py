@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from lorafam.serve.kv import ATTN_NAME, SlotView
-from lorafam.serve.mixing import AdapterSet, Group, Mixed, pick_token
+from lorafam.serve.mixing import AdapterSet, Group, Grouped, Mixed, pick_token
 from lorafam.serve.requests import GenRequest, Row
 
 
@@ -155,15 +155,19 @@ class RowOps:
             return []
         if len(recs) == 1 and all(a is not None for a in adapted):
             return [Group(recs[0].layers, None, 0)]
-        key = tuple((rec.name, rec.generation) for rec in recs)
-        if self._set_key != key:
-            self._set = AdapterSet(recs, self.device, self.dtype)
-            self._set_key, self._mixed_key = key, None
         index = {id(rec): k for k, rec in enumerate(recs)}
-        comp = tuple(-1 if a is None else index[id(a)] for a in adapted)
-        if self._mixed_key != comp:
-            self._mixed = Mixed(self._set, torch.tensor(comp, device=self.device), self.dtype)
-            self._mixed_key = comp
+        key = (
+            tuple((rec.name, rec.generation) for rec in recs),
+            tuple(-1 if a is None else index[id(a)] for a in adapted),
+            self.cfg.mixed_kernel,
+        )
+        if self._mixed_key != key:
+            if self.cfg.mixed_kernel == "concat":
+                rows_t = torch.tensor(key[1], device=self.device)
+                self._mixed = Mixed(AdapterSet(recs, self.device, self.dtype), rows_t, self.dtype)
+            else:
+                self._mixed = Grouped(recs, list(key[1]), self.device, self.dtype)
+            self._mixed_key = key
         return [self._mixed]
 
     # --- solo rows (members without a low-rank form) ---------------------------------------------------------------

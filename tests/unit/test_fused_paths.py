@@ -128,3 +128,47 @@ def test_inference_cache_follows_weight_updates(name):
         torch.testing.assert_close(layer(x), _general(layer, x), atol=1e-5, rtol=1e-5)
         ad.scaling = ad.scaling / 2
         torch.testing.assert_close(layer(x), _general(layer, x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_batch_one_decode_path_equals_general(name):
+    """Batch 1 without autograd takes bmm/baddbmm on cached transposes (prefill and single tokens alike)."""
+    layer, _ = _layer(CONFIGS[name]())
+    for x in (torch.randn(1, 7, 24), torch.randn(1, 1, 24), torch.randn(1, 3, 24)[:, ::2]):  # last: a strided view
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), _general(layer, x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_caches_built_in_inference_mode_do_not_leak_into_training(name):
+    """Inference tensors cannot be saved for backward: a cache filled under inference_mode is not reused there."""
+    layer, ad = _layer(CONFIGS[name]())
+    x = torch.randn(1, 2, 24)
+    with torch.inference_mode():
+        layer(x)
+    with torch.no_grad():
+        layer(x)
+    y = layer(x)  # grad mode: DoRA's g = m / norm saves the norm for m's gradient
+    y.square().sum().backward()
+    assert all(p.grad is not None for p in ad.parameters())
+
+
+def test_dora_norm_is_computed_once_per_weight_state_and_gradients_stay_the_same():
+    """Micro-batches of one step share the norm (it is a constant in backprop, DoRA §4.3); an update renews it."""
+    layer, ad = _layer(CONFIGS["dora"]())
+    x = torch.randn(2, 3, 24)
+    calls = []
+    compute = ad._weight_norm
+    ad._weight_norm = lambda *a: calls.append(1) or compute(*a)  # count real computations
+    layer(x).square().sum().backward()
+    first = [p.grad.clone() for p in ad.parameters()]
+    ad.zero_grad()
+    layer(x).square().sum().backward()  # second micro-batch: cached norm, identical gradients
+    assert len(calls) == 1
+    for a, b in zip(first, [p.grad for p in ad.parameters()]):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    with torch.no_grad():
+        ad.lora_A.add_(0.05)  # what an optimizer step does
+    layer(x)
+    assert len(calls) == 2
+    torch.testing.assert_close(layer(x), _general(layer, x), atol=1e-5, rtol=1e-5)

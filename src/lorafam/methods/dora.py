@@ -12,7 +12,8 @@ needs W0·dropout(x) and one extra matmul is paid.
 
 The row norm is computed from r-sized pieces, never materialising W0 + s·BA:
     ‖W0 + sBA‖²_i = ‖W0‖²_i + 2s·Σ_k B_ik (W0 Aᵀ)_ik + s²·(B (A Aᵀ) ∘ B)_i
-and at inference (no grad) g is cached until a parameter or the base weight changes (tensor version counters).
+and cached until A, B, the scale or the base weight change (tensor version counters and storage pointers):
+one computation per optimizer step however many micro-batches, and none per decoded token.
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ class DoraAdapter(LoraAdapter):
         self.lora_magnitude_vector = nn.Parameter(torch.ones(out_features))  # (out,)
         self._w0_sq: Tensor | None = None  # cached ‖W0‖²_c
         self._w0_key: tuple[int, int] | None = None
-        self._g_cache: Tensor | None = None
-        self._g_key: tuple[int, ...] | None = None
+        self._norm_cache: Tensor | None = None  # ‖W0 + s·BA‖_c, detached
+        self._norm_cache_key: tuple[Any, ...] | None = None
+        self._g_cache: tuple[Tensor, int, int, Tensor] | None = None
         self._merge_scale: Tensor | None = None
-        self._decode_cache: tuple[Tensor, Tensor, Tensor | None] | None = None
+        self._decode_cache: tuple[Tensor, Tensor, Tensor | None, Tensor] | None = None
         self._decode_key: tuple[Any, ...] | None = None
 
     def init_from_base(self, base: nn.Module) -> None:
@@ -84,38 +86,61 @@ class DoraAdapter(LoraAdapter):
             self._w0_key = key
         return self._w0_sq
 
+    def _norm_key(self, base: nn.Module) -> tuple[Any, ...]:
+        """What the norm depends on: A, B (version counters and storage), the scale and the base weight.
+
+        A quantised base's weight is not a tensor with a version (its dense merged copy can come and go), so its
+        key ends in -1 and :meth:`weight_norm` does not cache for it.
+        """
+        p = self._parameters
+        a, b = p["lora_A"], p["lora_B"]
+        if type(base) is nn.Linear:  # the common case, without hasattr() probes (slow when they fail)
+            w = base._parameters["weight"]
+        else:
+            w = None if is_quantized(base) else base_weight(base)
+        return (
+            a._version, b._version, a.data_ptr(), b.data_ptr(), a.device, self.scaling, id(base),
+            torch.is_inference_mode_enabled(), -1 if w is None else w._version, -1 if w is None else w.data_ptr(),
+        )  # fmt: skip
+
     @torch.no_grad()
     def weight_norm(self, base: nn.Module) -> Tensor:
-        """‖W0 + s·BA‖_c, shape (out,), detached, float32 (also under autocast: a norm is not a bf16 job)."""
+        """‖W0 + s·BA‖_c, shape (out,), detached, float32 (also under autocast: a norm is not a bf16 job).
+
+        Cached until A, B, the scale or the base weight change (float bases), so the micro-batches of one
+        optimizer step, a checkpointed layer's recomputation and decoding compute it once. The norm is a
+        constant in backprop (paper §4.3), so a cached value is the same tensor the gradient would see.
+        """
+        key = self._norm_key(base)
+        if self._norm_cache is not None and self._norm_cache_key == key and key[-1] != -1:
+            return self._norm_cache
         w0 = base_weight(base)
-        with torch.autocast(w0.device.type, enabled=False):
-            return self._weight_norm(w0, base)
+        if torch.is_autocast_enabled(w0.device.type):
+            with torch.autocast(w0.device.type, enabled=False):
+                norm = self._weight_norm(w0, base)
+        else:
+            norm = self._weight_norm(w0, base)
+        self._norm_cache, self._norm_cache_key = norm, key
+        return norm
 
     def _weight_norm(self, w0: Tensor, base: nn.Module) -> Tensor:
         a, b = self.lora_A.float(), self.lora_B.float()
         s = self.scaling
-        cross = ((w0.float() @ a.T) * b).sum(dim=1)  # Σ_k B_ik (W0 Aᵀ)_ik   (out,)
-        quad = ((b @ (a @ a.T)) * b).sum(dim=1)  # (B (A Aᵀ) ∘ B)_i        (out,)
-        sq = self._w0_row_sq(w0, base) + 2 * s * cross + (s * s) * quad
-        return sq.clamp_min(0).sqrt()
+        # ‖W0 + sBA‖²_i = ‖W0‖²_i + Σ_k B_ik T_ik  with  T = 2s·W0Aᵀ + s²·B(AAᵀ)  (out, r): one addmm for T
+        t = torch.addmm(b @ (a @ a.T), w0.float(), a.T, beta=s * s, alpha=2 * s)
+        sq = torch.linalg.vecdot(b, t).add_(self._w0_row_sq(w0, base))
+        return sq.clamp_min_(0).sqrt_()
 
     def _scale(self, base: nn.Module) -> Tensor:
-        """g = m / ‖W0 + s·BA‖_c (out,); cached when no gradient is being recorded."""
+        """g = m / ‖W0 + s·BA‖_c (out,); g itself is cached too when no gradient is being recorded."""
+        m = self._parameters["lora_magnitude_vector"]
+        norm = self.weight_norm(base)
         if torch.is_grad_enabled():
-            self._g_cache = None
-            return self.lora_magnitude_vector / self.weight_norm(base)
-        w = base_weight(base) if not is_quantized(base) else None
-        key = (
-            self.lora_A._version,
-            self.lora_B._version,
-            self.lora_magnitude_vector._version,
-            id(base),
-            -1 if w is None else w._version,
-        )
-        if self._g_cache is None or self._g_key != key:
-            self._g_cache = self.lora_magnitude_vector / self.weight_norm(base)
-            self._g_key = key
-        return self._g_cache
+            return m / norm
+        cached = self._g_cache  # (norm it was computed from, m's version, m's storage, g)
+        if cached is None or cached[0] is not norm or cached[1:3] != (m._version, m.data_ptr()):
+            cached = self._g_cache = (norm, m._version, m.data_ptr(), m / norm)
+        return cached[3]
 
     # -- forward ----------------------------------------------------------------------------------------------
     def delta_output(self, x: Tensor, base_out: Tensor, base: nn.Module) -> Tensor:
@@ -146,7 +171,10 @@ class DoraAdapter(LoraAdapter):
             and (self._no_dropout or not self.training)
         )
         if fusable and not torch.is_grad_enabled() and x.dtype == out.dtype == p["lora_A"].dtype:
-            g, gsb, c = self.decode_weights(base)  # y = g ⊙ base(x) + (g·s·B) A x + (1 − g) ⊙ b
+            g, gsb, c, gsbt = self._decode_all(base)  # y = g ⊙ base(x) + (g·s·B) A x + (1 − g) ⊙ b
+            if x.dim() == 3 and x.shape[0] == 1:  # batch 1 (decoding): bmm on cached transposes, as LoRA
+                scaled = base_out * g if c is None else torch.addcmul(c, base_out, g)
+                return torch.baddbmm(scaled, torch.bmm(x, self.decode_factors()[0]), gsbt)
             d = F.linear(F.linear(x, p["lora_A"]), gsb)
             return torch.addcmul(d if c is None else d.add_(c), base_out, g)
         if not (fusable and (out.dtype == p["lora_B"].dtype or torch.is_autocast_enabled(out.device.type))):
@@ -167,25 +195,23 @@ class DoraAdapter(LoraAdapter):
         """(g, g·s·B (out, r), (1 − g) ⊙ bias or None) for forwards without autograd, cached.
 
         With these the layer output is ``g ⊙ base(x) + (g·s·B)(A x) + (1 − g) ⊙ b``: three calls per layer and
-        token (two ``F.linear``, one ``addcmul``), as for LoRA. Cached until A, B, m, the scale or the base weight
-        change (version counters and storage pointers).
+        token, as for LoRA. Cached until A, B, m, the scale or the base weight change (version counters and
+        storage pointers) or inference mode is entered or left.
         """
+        return self._decode_all(base)[:3]
+
+    def _decode_all(self, base: nn.Module) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        """:meth:`decode_weights` plus (g·s·B)ᵀ as a contiguous (1, r, out) copy for the batch-1 ``baddbmm``."""
         p = self._parameters
-        a, b, m = p["lora_A"], p["lora_B"], p["lora_magnitude_vector"]
-        if type(base) is nn.Linear:  # the common case, without hasattr() probes (slow when they fail)
-            w = base._parameters["weight"]
-        else:
-            w = None if is_quantized(base) else base_weight(base)
-        key = (
-            a._version, b._version, m._version, a.data_ptr(), b.data_ptr(), m.data_ptr(), self.scaling, id(base),
-            -1 if w is None else w._version, -1 if w is None else w.data_ptr(),
-        )  # fmt: skip
+        b, m = p["lora_B"], p["lora_magnitude_vector"]
+        key = (*self._norm_key(base), m._version, m.data_ptr())
         if self._decode_key != key:
             with torch.no_grad():
                 g = self._scale(base).to(b.dtype)
                 bias = base_bias(base)
                 c = None if bias is None else ((1 - g) * bias.to(g.dtype)).contiguous()
-                self._decode_cache = (g, (b * (self.scaling * g).unsqueeze(1)).contiguous(), c)
+                gsb = (b * (self.scaling * g).unsqueeze(1)).contiguous()
+                self._decode_cache = (g, gsb, c, gsb.t().contiguous().unsqueeze(0))
             self._decode_key = key
         return self._decode_cache  # type: ignore[return-value]
 

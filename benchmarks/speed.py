@@ -14,6 +14,8 @@ Parts (``--parts``, default all; each interleaved A B A B … with per-round pai
 - ``rss``      peak RSS of each arm, each training in its own process.
 - ``gen``      greedy decoding, batch 1, KV cache: base model vs unmerged LoRA, DoRA (lorafam) and PEFT LoRA.
 - ``s2``       S²-Attn vs full (SDPA) attention: one layer's attention call, forward + backward, at 2048/4096.
+- ``s2step``   the whole LongLoRA training step with S²-Attn vs with full attention (same model, switched
+               between steps) at 2048/4096, ``--s2-threads`` threads; also written as ``s2attn.json``.
 
 Results: ``benchmarks/results/speed.json`` and the ``speed`` section of BENCHMARKS.md (targets, ratios, machine).
 """
@@ -36,10 +38,12 @@ from benchmarks.speed_parts import (
     part_gen,
     part_rss,
     part_s2,
+    part_s2step,
     part_train,
+    s2attn_file,
 )
 
-PARTS = ("machine", "train", "rss", "gen", "s2")
+PARTS = ("machine", "train", "rss", "gen", "s2", "s2step")
 
 
 def part_machine(args: argparse.Namespace) -> dict[str, Any]:
@@ -78,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-tokens", type=int, default=16)
     ap.add_argument("--prompt", type=int, default=32, help="prompt length for decoding")
     ap.add_argument("--s2-seqs", type=int, nargs="+", default=[2048, 4096])
+    ap.add_argument("--s2-step-rounds", type=int, default=2, help="interleaved rounds of the whole S² step")
+    ap.add_argument("--s2-threads", type=int, default=2, help="torch threads for the whole S² step")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared CPU)")
     ap.add_argument("--tiny", action="store_true", help="tiny random Llama instead of SmolLM2 (smoke run)")
     ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "load_average_start": load_average(),
     }
-    runners = {"train": part_train, "rss": part_rss, "gen": part_gen, "s2": part_s2}
+    runners = {"train": part_train, "rss": part_rss, "gen": part_gen, "s2": part_s2, "s2step": part_s2step}
     for part in PARTS:
         if part not in parts:
             continue
@@ -127,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                 data[part] = old[part]
                 data.setdefault("parts_from_earlier_runs", {})[part] = old.get("machine", {}).get("time_utc")
     write_json(out_path, data)
+    if "s2step" in parts and not args.tiny:
+        write_json(RESULTS / "s2attn.json", s2attn_file(data))
     from benchmarks.speed_report import summary, write_markdown
 
     data["summary"] = summary(data)

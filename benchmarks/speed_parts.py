@@ -281,6 +281,68 @@ def part_s2(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# part: s2step (the whole LongLoRA training step with S²-Attn vs with full attention, same model)
+# ---------------------------------------------------------------------------------------------------------------
+def part_s2step(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """One LongLoRA model (the member's defaults: r=8 on q/k/v/o, trainable embeddings and norms, group ratio
+    1/4), one AdamW; the attention implementation is switched between steps (S²-Attn, full SDPA, interleaved).
+    Both arms are warmed up once at a short length, so no length pays first-call costs for one arm only."""
+    import lorafam as lf
+    from lorafam.attention import s2attn
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.s2_threads)
+    torch.manual_seed(0)
+    model = load_base(args.tiny)
+    lf.attach(model, lf.LongLoraConfig(rank=8, alpha=16))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    vocab = model.config.vocab_size
+
+    def arm(impl: str, batch: torch.Tensor) -> Callable[[], None]:
+        def run() -> None:
+            model.set_attn_implementation(impl)
+            model(input_ids=batch, labels=batch).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return run
+
+    warm = tokens(vocab, 1, 256, seed=2)
+    arm(s2attn.ATTN_NAME, warm)()
+    arm("sdpa", warm)()
+    out: dict[str, Any] = {"threads": args.s2_threads, "member": "longlora (r=8, alpha=16, defaults)"}
+    for n in args.s2_seqs:
+        batch = tokens(vocab, 1, n, seed=n)
+        t = interleaved(
+            {"s2attn": arm(s2attn.ATTN_NAME, batch), "full": arm("sdpa", batch)},
+            repeats=args.s2_step_rounds, warmup=0, log=lambda m, n=n: log(f"[s2step {n}]" + m),
+        )  # fmt: skip
+        out[str(n)] = {"timing": t, "s2 / full": paired(t["s2attn"]["raw_s"], t["full"]["raw_s"])}
+    torch.set_num_threads(threads)
+    return out
+
+
+def s2attn_file(data: dict[str, Any]) -> dict[str, Any]:
+    """The s2step part in ``benchmarks/results/s2attn.json``'s layout (what ``lorafam report`` reads)."""
+    part = data["s2step"]
+    seqs = [n for n in part if n.isdigit()]
+    return {
+        "source": "python -m benchmarks.speed (part s2step); see speed.json for the paired ratios",
+        "machine": data["machine"],
+        "setup": {"model": data["model"], "threads": part["threads"], "member": part["member"]},
+        "time": {
+            n: {
+                "step_s": {k: part[n]["timing"][k]["raw_s"] for k in ("s2attn", "full")},
+                "median_step_s": {k: part[n]["timing"][k]["median_s"] for k in ("s2attn", "full")},
+                "paired_ratio_s2_over_full": part[n]["s2 / full"],
+            }
+            for n in seqs
+        },
+    }
+
+
 def _smollm_config() -> Any:
     from transformers import AutoConfig
 

@@ -56,10 +56,15 @@ def summary(d: dict[str, Any]) -> list[dict[str, Any]]:
         _row("unmerged LoRA decoding, × base tokens/s", gen.get("lora"), 0.90, True, "batch 1, KV cache, greedy"),
         _row("unmerged DoRA decoding, × base tokens/s", gen.get("dora"), 0.90, True, "batch 1, KV cache, greedy"),
     ]
+    step = d.get("s2step") or {}
     for n, limit in (("4096", 0.70), ("2048", 0.85)):
-        row = _row(f"S²-Attn / full attention at {n}", (s2.get(n) or {}).get("s2 / full"), limit,
-                   note="one layer's attention call, fwd + bwd; the whole step was not measured")  # fmt: skip
-        row["status"] += " (attention call only)" if row["status"] != "not measured" else ""
+        note = f"whole LongLoRA step (fwd + bwd + AdamW), batch 1, {step.get('threads', '?')} threads"
+        rows.append(_row(f"S²-Attn training step / full attention's at {n}", (step.get(n) or {}).get("s2 / full"),
+                         limit, note=note))  # fmt: skip
+    for n in ("4096", "2048"):  # diagnostic: the only call S²-Attn changes (no target of its own)
+        row = _row(f"(S²-Attn attention call / full at {n})", (s2.get(n) or {}).get("s2 / full"), 1.0,
+                   note="one layer's attention call, fwd + bwd, 1 thread; diagnostic")  # fmt: skip
+        row["status"] = "diagnostic" if row["status"] != "not measured" else row["status"]
         rows.append(row)
     m = d.get("machine") or {}
     if "bf16_auto" in m:
@@ -147,6 +152,14 @@ def _detail_tables(d: dict[str, Any]) -> list[str]:
         out += ["", f"S²-Attn (ratio {s2['group_size_ratio']}) vs SDPA, one layer's attention, {s2['heads']} heads / "
                     f"{s2['kv_heads']} kv heads × {s2['head_dim']}, forward + backward:", ""]  # fmt: skip
         out += [md_table(["tokens", "S²-Attn s", "full s", "paired ratio"], rows)]
+    st = d.get("s2step")
+    if st:
+        rows = [(n, st[n]["timing"]["s2attn"]["median_s"], st[n]["timing"]["full"]["median_s"],
+                 st[n]["s2 / full"]["median"], st[n]["s2 / full"].get("min"), st[n]["s2 / full"].get("max"))
+                for n in st if n.isdigit()]  # fmt: skip
+        out += ["", f"Whole LongLoRA training step, S²-Attn vs full attention ({st['member']}; one model, the "
+                    f"attention switched between steps, {st['threads']} threads, batch 1):", ""]  # fmt: skip
+        out += [md_table(["tokens", "S²-Attn step s", "full step s", "paired ratio", "min", "max"], rows)]
     return out
 
 
@@ -161,6 +174,16 @@ def markdown(d: dict[str, Any]) -> str:
         "",
         _machine_line(d),
         "",
+        *(
+            [
+                "Parts measured in an earlier run of the same command (their start time): "
+                + ", ".join(f"{k} ({v})" for k, v in d["parts_from_earlier_runs"].items())
+                + ".",
+                "",
+            ]
+            if d.get("parts_from_earlier_runs")
+            else []
+        ),
         md_table(["target", "limit", "measured", "status", "conditions / why"], rows),
     ]
     return "\n".join(out + _detail_tables(d) + [""] + [d.get("notes", "")])

@@ -113,13 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     for part in PARTS:
         if part not in parts:
             continue
-        started = time.perf_counter()
-        log_to_stderr(f"== {part} (load {load_average()})")
+        started, load_start = time.perf_counter(), load_average()
+        log_to_stderr(f"== {part} (load {load_start})")
         if part == "machine":  # machine_info() plus the measured references
             data["machine"] |= part_machine(args)
         else:
             data[part] = runners[part](args, log_to_stderr)
-        data[part]["wall_s"] = time.perf_counter() - started
+        data[part] |= {
+            "wall_s": time.perf_counter() - started,
+            "load_start": load_start,
+            "load_end": load_average(),
+        }
     data["load_average_end"] = load_average()
     data["wall_s"] = time.perf_counter() - t0
     out_path = RESULTS / ("speed_tiny.json" if args.tiny else "speed.json")

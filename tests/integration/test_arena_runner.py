@@ -90,3 +90,54 @@ def test_a_run_that_kills_the_worker_is_failed_and_the_next_run_gets_a_new_worke
         worker.close()
     ok = json.loads((folder / "c.json").read_text())["run_info"]
     assert ok["cpu_s"] > 0 and 50 < ok["peak_rss_mb"] < 4000 and ok["duration_s"] > 0
+
+
+def test_a_budget_reuses_a_run_another_budget_did_with_the_same_settings(tmp_path: Path) -> None:
+    """``standard`` reuses what ``quick`` ran when the settings hash, lorafam version and machine agree: the result
+    is copied into the new budget's folder with ``reused_from``, and no new run is made."""
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        SPEC + "  standard: {tasks: [add3], seeds: [0], steps: 3, batch_size: 2, eval_items: 4, "
+        "forget_prompts: 2, decode_tokens: 3}\n"
+    )
+    spec = load_spec(spec_file)
+    quick = plan(spec, "quick", members=["lora"], peers=False)
+    standard = plan(spec, "standard", members=["lora"], peers=False)
+    assert [e.spec_hash for e in quick] == [e.spec_hash for e in standard]
+    res = tmp_path / "res"
+    first = run_arena(quick, res, show_progress=False, log=lambda _: None)
+    assert first.ran == [quick[0].run_id]
+    second = run_arena(standard, res, show_progress=False, log=lambda _: None)
+    assert second.ran == [] and second.skipped == [standard[0].run_id]
+    copied = R.read_result(res / "standard" / f"{standard[0].run_id}.json")
+    original = R.read_result(res / "quick" / f"{quick[0].run_id}.json")
+    assert copied.train_info.extra["reused_from"] == f"quick/{quick[0].run_id}.json"
+    assert copied.run_info.budget == "standard" and copied.train_info.evals == original.train_info.evals
+
+
+def test_a_user_task_gets_per_item_records_curves_and_intervals(tmp_path: Path) -> None:
+    """A task declared in the spec (``tasks: {mine: {train_file, test_file, checker}}``) is run like a built-in
+    one: per-item records at every curve point, keyed by item, and paired intervals in the report data."""
+    from lorafam.report import data as D
+
+    rows = [{"prompt": f"Say {w} twice.", "answer": f"{w} {w}"} for w in ("red", "blue", "green", "gold", "pink")]
+    rows += [{"prompt": f"Say {w} twice.", "answer": f"{w} {w}"} for w in ("teal", "grey", "jade", "rose", "navy")]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[6:]))
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        SPEC.replace("tasks: [add3]", "tasks: [mine]").replace("eval_items: 4,", "eval_items: 4, eval_at: [2],")
+        + f"tasks:\n  mine: {{train_file: {tmp_path / 'train.jsonl'}, test_file: {tmp_path / 'test.jsonl'}, "
+        "checker: exact}\n"
+    )
+    exps = plan(load_spec(spec_file), "quick", members=["lora"])
+    assert [e.task for e in exps] == ["mine", "mine"]
+    res = tmp_path / "res"
+    out = run_arena(exps, res, show_progress=False, log=lambda _: None)
+    assert sorted(out.ran) == sorted(e.run_id for e in exps) and not out.failed
+    lora = R.read_result(res / "quick" / f"{exps[1].run_id}.json").train_info
+    assert [e["step"] for e in lora.evals] == [2, 3] and len(lora.item_keys) == 4
+    assert all(len(e["em"]) == len(e["nll"]) == e["items"] for e in lora.evals)
+    data = D.load(res)
+    gap = D.paired(data.row("lorafam", "lora"), data.row("base", "base"), "mine", "nll")
+    assert gap is not None and gap.n_items == 4 and gap.low <= gap.estimate <= gap.high

@@ -54,3 +54,20 @@ def test_unmeasured_runs_are_reported_not_guessed(tmp_path: Path) -> None:
     assert "1 of 3 runs" in text and "lorafam--lora--json--s0" in text
     missing = summarize(plan, tmp_path / "missing")
     assert missing["unknown"] == [e.run_id for e in plan] and missing["text"].startswith("no estimate yet")
+
+
+@pytest.mark.parametrize("budget", ["quick", "standard"])
+def test_a_fresh_machine_estimates_the_default_budgets_from_the_shipped_timings(
+    tmp_path: Path, budget: str
+) -> None:
+    """With nothing measured under the results folder, every run of the default budgets is estimated from
+    ``arena/timings.json`` (shipped with the package), and the text names where the timings came from."""
+    from lorafam.arena.eta import shipped_timings
+    from lorafam.arena.spec import load_spec, plan
+
+    exps = plan(load_spec(), budget)
+    shipped, machine = shipped_timings()
+    assert shipped and machine
+    out = summarize(exps, tmp_path / "fresh")
+    assert out["unknown"] == [], out["text"]
+    assert out["seconds"] > 0 and "shipped with lorafam" in out["text"] and machine in out["text"]

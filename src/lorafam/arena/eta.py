@@ -132,6 +132,15 @@ def estimate_run(exp: Experiment, timings: dict[tuple[str, str, str], Timing]) -
     return fixed_ref.fixed_s + probes + train + items * item_s + forget
 
 
+def expected_order(experiments: list[Experiment], folder: str | Path) -> list[Experiment]:
+    """The experiments, longest expected first (measured timings under ``folder``, else the shipped ones; runs
+    with no estimate go first, in plan order), so that parallel workers finish close together."""
+    timings = {**shipped_timings()[0], **(measured_timings(folder) if Path(folder).exists() else {})}
+    est = [estimate_run(e, timings) for e in experiments]
+    order = sorted(range(len(experiments)), key=lambda i: (est[i] is not None, -(est[i] or 0.0), i))
+    return [experiments[i] for i in order]
+
+
 def eval_points(settings: dict[str, Any], steps: int) -> list[int]:
     """The steps (before the last) at which a run scores its curve items: ``eval_at`` and multiples of
     ``eval_every``."""

@@ -86,16 +86,12 @@ def run_arena(
     timeout_s: float | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ArenaOutcome:
-    """Run (or resume) the experiments; results land in ``results_dir/<budget>/<run_id>.json``."""
+    """Run (or resume) the experiments; results land in ``results_dir/<budget>/<run_id>.json``.
+
+    Runs go to ``workers`` worker processes at once (the ``workers`` setting; ``auto``: one per ``threads`` CPU
+    cores, at most 4, one on a GPU), longest expected first, so that the last one to start is a short one.
+    """
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     console = Console(stderr=True)
     say = log or (lambda msg: console.print(msg, highlight=False))
@@ -109,64 +105,28 @@ def run_arena(
     env_key = collect_meta(device).env_key
     outcome = ArenaOutcome(folder)
     start = time.perf_counter()
+    n_workers = worker_count(experiments[0].settings, device)
     manifest = {
         "budget": budget,
         "device": device,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv,
         "runs": [e.run_id for e in experiments],
+        "workers": n_workers,
+        "threads": int(experiments[0].settings.get("threads", 1)),
         "load_start": [round(x, 2) for x in os.getloadavg()],  # a shared machine slows every figure: say so
     }
     atomic_write_json(folder / "arena.json", manifest)
     atomic_write_json(root / "latest.json", {"budget": budget, "folder": budget})
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    worker = Worker(int(experiments[0].settings.get("threads", 2)))
-    cpu_s = 0.0
-    with (
-        Progress(*columns, console=console, disable=not show_progress, transient=False) as bar,
-        contextlib.closing(worker),
-    ):
-        task = bar.add_task("arena", total=len(experiments))
-        for i, exp in enumerate(experiments):
-            path = result_path(folder, exp)
-            done, other_env = is_done(path, exp, env_key)
-            if done:
-                outcome.skipped.append(exp.run_id)
-                bar.update(task, completed=i + 1)
-                continue
-            if other_env:
-                dest = folder / KEPT_APART / f"{exp.run_id}.{int(time.time())}.json"
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(path), dest)
-                outcome.kept_apart.append(exp.run_id)
-            source = reusable(root, budget, exp, env_key)
-            if source is not None:  # the same run (same settings, version, machine) done under another budget
-                result = read_result(source)
-                result.run_info.budget = budget
-                result.train_info.extra["reused_from"] = f"{source.parent.name}/{source.name}"
-                write_result(path, result)
-                outcome.skipped.append(exp.run_id)
-                bar.update(task, completed=i + 1)
-                say(f"[{i + 1}/{len(experiments)}] {exp.run_id}: reused from {source.parent.name}/")
-                continue
-            bar.update(task, description=f"{exp.run_id} ({i + 1}/{len(experiments)})")
-
-            def advance(frac: float, i: int = i) -> None:
-                bar.update(task, completed=i + min(max(frac, 0.0), 0.999))
-
-            status = run_one(exp, path, device, advance, timeout_s, worker)
-            (outcome.failed if status == "failed" else outcome.ran).append(exp.run_id)
-            with contextlib.suppress(ValueError, FileNotFoundError):
-                cpu_s += read_result(path).run_info.cpu_s
-            bar.update(task, completed=i + 1)
-            say(f"[{i + 1}/{len(experiments)}] {exp.run_id}: {status}")
+    todo = []
+    for exp in experiments:
+        needed, why = _settled(exp, root, folder, env_key, outcome)
+        if needed:
+            todo.append(exp)
+        elif why:
+            say(f"{exp.run_id}: {why}")
+    with _Board(console, len(experiments), len(experiments) - len(todo), show_progress) as board:
+        cpu_s = _run_pool(todo, folder, device, timeout_s, n_workers, board, outcome, say)
     outcome.seconds = time.perf_counter() - start
     manifest["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest["seconds"] = round(outcome.seconds, 1)
@@ -174,6 +134,151 @@ def run_arena(
     manifest["cpu_s"] = round(cpu_s, 1)  # the runs done by this arena (each run's own CPU seconds)
     atomic_write_json(folder / "arena.json", manifest)
     return outcome
+
+
+def worker_count(settings: dict[str, Any], device: str = "cpu") -> int:
+    """How many runs go at once: the ``workers`` setting, or for ``auto`` one per ``threads`` cores (at most 4)
+    on a CPU and one on a GPU. On a 2-core CPU two 1-thread runs do about 1.7× the work of one 2-thread run: this
+    model's matrices are too small for two threads to split one product well."""
+    n = settings.get("workers", "auto")
+    if n in (None, "auto"):
+        if device != "cpu":
+            return 1
+        threads = max(int(settings.get("threads", 1)), 1)
+        return max(1, min(4, (os.cpu_count() or 1) // threads))
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"arena setting workers: expected a positive integer or 'auto', got {n!r}")
+    return n
+
+
+def _settled(exp: Experiment, root: Path, folder: Path, env_key: str, outcome: ArenaOutcome) -> tuple[bool, str]:
+    """(whether the run has to be done, what happened otherwise): a run done here is skipped, one done under
+    another budget with the same settings is reused; a result from another version or machine is moved aside."""
+    path = result_path(folder, exp)
+    done, other_env = is_done(path, exp, env_key)
+    if done:
+        outcome.skipped.append(exp.run_id)
+        return False, ""
+    if other_env:
+        dest = folder / KEPT_APART / f"{exp.run_id}.{int(time.time())}.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), dest)
+        outcome.kept_apart.append(exp.run_id)
+    source = reusable(root, folder.name, exp, env_key)
+    if source is None:
+        return True, ""
+    result = read_result(source)  # the same run (same settings, version, machine) done under another budget
+    result.run_info.budget = folder.name
+    result.train_info.extra["reused_from"] = f"{source.parent.name}/{source.name}"
+    write_result(path, result)
+    outcome.skipped.append(exp.run_id)
+    return False, f"reused from {source.parent.name}/"
+
+
+class _Board:
+    """The arena-wide progress bar: finished runs plus the fractions of the runs in flight (thread-safe)."""
+
+    def __init__(self, console: Any, total: int, finished: int, show: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        self.bar = Progress(*columns, console=console, disable=not show, transient=False)
+        self.task = self.bar.add_task("arena", total=total, completed=finished)
+        self.total, self.finished = total, finished
+        self.flight: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> _Board:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def _show(self) -> None:
+        names = ", ".join(self.flight) or "arena"
+        done = self.finished + sum(min(max(f, 0.0), 0.999) for f in self.flight.values())
+        self.bar.update(self.task, completed=done, description=f"{names} ({self.finished}/{self.total} done)")
+
+    def progress(self, run_id: str, fraction: float) -> None:
+        with self.lock:
+            self.flight[run_id] = fraction
+            self._show()
+
+    def finish(self, run_id: str) -> int:
+        with self.lock:
+            self.flight.pop(run_id, None)
+            self.finished += 1
+            self._show()
+            return self.finished
+
+
+def _run_pool(
+    todo: list[Experiment],
+    folder: Path,
+    device: str,
+    timeout_s: float | None,
+    n_workers: int,
+    board: _Board,
+    outcome: ArenaOutcome,
+    say: Callable[[str], None],
+) -> float:
+    """Run ``todo`` on ``n_workers`` worker processes, longest expected first; returns the runs' CPU seconds."""
+    import queue
+
+    from lorafam.arena.eta import expected_order
+
+    jobs: queue.Queue[Experiment] = queue.Queue()
+    for exp in expected_order(todo, folder.parent):
+        jobs.put(exp)
+    lock = threading.Lock()
+    cpu = [0.0]
+
+    def drain() -> None:
+        threads = int(todo[0].settings.get("threads", 1))
+        with contextlib.closing(Worker(threads)) as worker:
+            while True:
+                try:
+                    exp = jobs.get_nowait()
+                except queue.Empty:
+                    return
+                path = result_path(folder, exp)
+                board.progress(exp.run_id, 0.0)
+                status = run_one(
+                    exp, path, device, lambda f, r=exp.run_id: board.progress(r, f), timeout_s, worker
+                )
+                spent = 0.0
+                with contextlib.suppress(ValueError, FileNotFoundError):
+                    spent = read_result(path).run_info.cpu_s
+                with lock:
+                    (outcome.failed if status == "failed" else outcome.ran).append(exp.run_id)
+                    cpu[0] += spent if status != "skipped" else 0.0
+                k = board.finish(exp.run_id)
+                say(f"[{k}/{board.total}] {exp.run_id}: {status}")
+
+    if not todo:
+        return 0.0
+    pool = [threading.Thread(target=drain, daemon=True) for _ in range(min(n_workers, len(todo)))]
+    for t in pool:
+        t.start()
+    for t in pool:
+        while t.is_alive():
+            t.join(0.5)  # a short join keeps Ctrl-C responsive in the main thread
+    return cpu[0]
 
 
 def bf16_pays_off(device: str = "cpu", threads: int = 2) -> tuple[bool, dict[str, float]]:

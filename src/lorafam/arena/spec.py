@@ -68,12 +68,13 @@ class Experiment:
 
 
 # Settings that change how fast a run goes, not what it computes: not part of a run's identity.
-EXECUTION_ONLY = ("bf16_probe", "threads")
+EXECUTION_ONLY = ("bf16_probe", "threads", "workers")
 
 
 def run_hash(impl: str, member: str, task: str, settings: dict[str, Any]) -> str:
     """A run's identity: what it computes (the bf16 micro-benchmark's timings and the thread count are left out;
-    only the bf16 *decision* counts), so a run done with 1 thread is the same run as with 2."""
+    only the bf16 *decision* counts), so a run done with 1 thread is the same run as with 2, and the number of runs
+    going at once (``workers``) does not count either."""
     kept = {k: v for k, v in settings.items() if k not in EXECUTION_ONLY}
     return spec_hash({"impl": impl, "member": member, "task": task, **kept})
 

@@ -97,13 +97,22 @@ def _lede(art: Article) -> list[Block]:
         "budget": d.budget,
         "steps": art.num("steps", d.settings.get("steps")),
         "seeds": art.num("n_seeds", len(d.seeds)),
-        "items": art.num("items", d.settings.get("eval_items")),
+        "items": art.num("items", _items(d, task)),
+        "task": task,
     }
     if g is not None and g[3] == "ci":  # per-item records: every gap below carries its own 95 % interval
         b += _p(art.t("ci_note", **args))
     elif d.budget == "quick" or len(d.seeds) < 2:
         b += _p(art.t("cannot_rank", floor=art.num("floor_points", A.floor_points(d)), **args))
     return b
+
+
+def _items(d: Any, task: str) -> Any:
+    """The main task's number of test items (budgets may score other tasks on fewer)."""
+    from lorafam.report.data import paired
+
+    p = paired(d.row("lorafam", "lora"), d.row("base", "base"), task, "em")
+    return p.n_items if p is not None else d.settings.get("eval_items")
 
 
 def _opening(art: Article) -> list[Block]:

@@ -14,16 +14,16 @@ ART: dict[str, str] = {
     'each member a chapter, and ends with the 2025 arrivals and "the dinosaur". The difference: every verdict here '
     "comes from the lorafam arena's records ({budget} budget, {runs} runs, same data and same machine for all), or "
     'from a cited source. Where the draft got it wrong, a "the draft said / measured" box says so.',
-    "cannot_rank@plain": "Note: this is the {budget} budget ({steps} steps, {seeds} seed(s), {items} test items per task), so "
+    "cannot_rank@plain": "Note: this is the {budget} budget ({steps} steps, {seeds} seed(s), {items} test items on the main task, {task}), so "
     "accuracy carries a noise range of about ±{floor:.0f} points; gaps inside it do not count and are marked below.",
-    "cannot_rank": "A warning first: this is the {budget} budget ({steps} steps, {seeds} seed(s), {items} test items per "
-    "task), so accuracy carries a noise range of about ±{floor:.0f} points. Gaps inside that range do not count, and "
+    "cannot_rank": "A warning first: this is the {budget} budget ({steps} steps, {seeds} seed(s), {items} test items on the main "
+    "task, {task}), so accuracy carries a noise range of about ±{floor:.0f} points. Gaps inside that range do not count, and "
     "each one is marked below.",
-    "ci_note@plain": "Note: this is the {budget} budget ({steps} steps, {seeds} seed(s), {items} test items per task). Every "
+    "ci_note@plain": "Note: this is the {budget} budget ({steps} steps, {seeds} seed(s), {items} test items on the main task, {task}). Every "
     "gap below carries its 95% confidence interval (a paired bootstrap over the same test items); a gap whose "
     "interval crosses 0 does not count, and each one is marked.",
-    "ci_note": "The rules first: this is the {budget} budget ({steps} steps, {seeds} seed(s), {items} test items per "
-    "task). Every gap below carries its 95% confidence interval (a paired bootstrap over the same test items); a gap "
+    "ci_note": "The rules first: this is the {budget} budget ({steps} steps, {seeds} seed(s), {items} test items on the main "
+    "task, {task}). Every gap below carries its 95% confidence interval (a paired bootstrap over the same test items); a gap "
     "whose interval crosses 0 does not count, and each one is marked.",
     "flair_lede": "Gossip is welcome; the numbers have the last word.",
     "origin": "Origin",

@@ -138,7 +138,7 @@ ZH: dict[str, str] = {
 
 UI_EN: dict[str, str] = {
     "lede_iv": "**How to read this.** This is the *{budget}* budget: {steps} steps × batch {batch}, {seeds} seed(s), "
-    "{items} test items per task, each scored teacher-forced (one forward pass: its answer NLL, and whether every "
+    "{items} test items on the main task ({task}), each scored teacher-forced (one forward pass: its answer NLL, and whether every "
     "answer token is the model's arg-max, which is greedy decoding's exact match). Every difference below is "
     "paired — the same items (and seeds) on both sides — and shown with its 95 % bootstrap interval. On {task}, "
     "LoRA gained {gain:+.1f} [{gain_lo:+.1f}, {gain_hi:+.1f}] points of exact match over the untrained base.",
@@ -151,7 +151,7 @@ UI_EN: dict[str, str] = {
     "col_flag": "flag",
 }
 UI_ZH: dict[str, str] = {
-    "lede_iv": "**阅读说明。** 这是 *{budget}* 预算：{steps} 步 × 批量 {batch}、{seeds} 个随机种子、每个任务 {items} "
+    "lede_iv": "**阅读说明。** 这是 *{budget}* 预算：{steps} 步 × 批量 {batch}、{seeds} 个随机种子、主任务 {task} 上 {items} "
     "道测试题，每道题用教师强制打分（一次前向：答案的 NLL，以及答案的每个 token 是否都是模型的 arg-max，即贪心解码的"
     "完全匹配）。下面的每个差值都是配对的——两边是同样的题目（和种子）——并给出 95% 自助法区间。在 {task} 上，LoRA "
     "比未训练的基座提高了 {gain:+.1f} [{gain_lo:+.1f}, {gain_hi:+.1f}] 个百分点的完全匹配率。",

@@ -34,6 +34,7 @@ class Settings(_Strict):
     clip: float | None = Field(None, ge=0)
     bf16: bool | Literal["auto"] | None = None
     threads: int | None = Field(None, ge=1)
+    workers: int | Literal["auto"] | None = Field(None)  # runs at once (arena/runner.worker_count)
     data_seed: int | None = None
     system_prompt: str | None = None
     batch_size: int | None = Field(None, ge=1)

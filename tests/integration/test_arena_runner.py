@@ -69,7 +69,7 @@ def test_arena_runs_resumes_records_failures_and_keeps_apart(tmp_path: Path) -> 
 def test_a_run_that_kills_the_worker_is_failed_and_the_next_run_gets_a_new_worker(tmp_path: Path) -> None:
     """One worker process runs the arena; when a run takes it down (here: killed by ``--timeout`` while it starts),
     that run is recorded as failed with the reason, and the next run starts a new worker and succeeds."""
-    from lorafam.arena.runner import Worker, run_one
+    from lorafam.arena.pool import Worker, run_one
 
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(SPEC)

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from lorafam.arena import harness
+from lorafam.arena.checkers import Example
 from lorafam.arena.evaluate import score_items
 from lorafam.arena.prompts import ChatFormatter, left_pad
-from lorafam.arena.tasks import Example, builtin_tasks
+from lorafam.arena.tasks import builtin_tasks
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,9 @@ import torch
 
 import lorafam as lf
 from lorafam.arena import harness
+from lorafam.arena.checkers import Example
 from lorafam.arena.evaluate import score_items
 from lorafam.arena.prompts import ByteFormatter, Encoded, collate
-from lorafam.arena.tasks import Example
 
 CPU = torch.device("cpu")
 FP32 = {"bf16": False}

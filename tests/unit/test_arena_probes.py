@@ -8,8 +8,8 @@ import torch
 
 import lorafam as lf
 from lorafam.arena import probes
+from lorafam.arena.checkers import Example
 from lorafam.arena.prompts import ByteFormatter, batches, collate
-from lorafam.arena.tasks import Example
 from lorafam.report.claims import spikes, steps_to_reach
 from lorafam.report.data import noise_floor
 from lorafam.report.plots import pareto_front

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from lorafam.arena import results as R
+from lorafam.arena.checkers import check_json, check_number
 from lorafam.arena.spec import load_spec, plan, resolve_settings
-from lorafam.arena.tasks import builtin_tasks, check_json, check_number, make_task
+from lorafam.arena.tasks import builtin_tasks, make_task
 
 
 @pytest.mark.parametrize("name", ["add3", "json", "kv"])

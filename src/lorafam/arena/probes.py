@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorafam.arena.checkers import Example
 from lorafam.arena.harness import Built, regime
 from lorafam.arena.prompts import GENERAL_PROMPTS, left_pad
-from lorafam.arena.tasks import Example
 
 
 def general_inputs(formatter: Any, n: int) -> list[list[int]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lorafam.arena.tasks import Example
+from lorafam.arena.checkers import Example
 
 IGNORE = -100
 

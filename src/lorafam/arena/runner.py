@@ -1,4 +1,4 @@
-"""Run an arena: the experiments one at a time in one worker process, resumable, with one progress bar.
+"""Run an arena: the experiments on worker processes (:mod:`lorafam.arena.pool`), resumable, with one progress bar.
 
 - A finished run (status "ok", same settings hash, same lorafam version and machine) is skipped on re-run.
 - A run that raises is recorded as "failed" with its error; one that kills the worker (OOM kill, segfault,
@@ -11,12 +11,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -24,16 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-from lorafam.arena.results import (
-    RunResult,
-    TrainInfo,
-    atomic_write_json,
-    collect_meta,
-    read_result,
-    write_result,
-)
+from lorafam.arena.pool import Board, result_path, run_pool, worker_count
+from lorafam.arena.results import atomic_write_json, collect_meta, read_result, write_result
 from lorafam.arena.spec import Experiment, run_hash
 
 KEPT_APART = "_kept-apart"
@@ -47,10 +37,6 @@ class ArenaOutcome:
     failed: list[str] = field(default_factory=list)
     kept_apart: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def result_path(folder: Path, exp: Experiment) -> Path:
-    return folder / f"{exp.run_id}.json"
 
 
 def is_done(path: Path, exp: Experiment, env_key: str) -> tuple[bool, bool]:
@@ -125,30 +111,23 @@ def run_arena(
             todo.append(exp)
         elif why:
             say(f"{exp.run_id}: {why}")
-    with _Board(console, len(experiments), len(experiments) - len(todo), show_progress) as board:
-        cpu_s = _run_pool(todo, folder, device, timeout_s, n_workers, board, outcome, say)
+    lock, cpu_s = threading.Lock(), [0.0]
+
+    def record(run_id: str, status: str, spent: float) -> None:
+        with lock:
+            (outcome.failed if status == "failed" else outcome.ran).append(run_id)
+            cpu_s[0] += spent
+        say(f"[{board.finish(run_id)}/{board.total}] {run_id}: {status}")
+
+    with Board(console, len(experiments), len(experiments) - len(todo), show_progress) as board:
+        run_pool(todo, folder, device, timeout_s, n_workers, board, record)
     outcome.seconds = time.perf_counter() - start
     manifest["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest["seconds"] = round(outcome.seconds, 1)
     manifest["load_end"] = [round(x, 2) for x in os.getloadavg()]
-    manifest["cpu_s"] = round(cpu_s, 1)  # the runs done by this arena (each run's own CPU seconds)
+    manifest["cpu_s"] = round(cpu_s[0], 1)  # the runs done by this arena (each run's own CPU seconds)
     atomic_write_json(folder / "arena.json", manifest)
     return outcome
-
-
-def worker_count(settings: dict[str, Any], device: str = "cpu") -> int:
-    """How many runs go at once: the ``workers`` setting, or for ``auto`` one per ``threads`` cores (at most 4)
-    on a CPU and one on a GPU. On a 2-core CPU two 1-thread runs do about 1.7× the work of one 2-thread run: this
-    model's matrices are too small for two threads to split one product well."""
-    n = settings.get("workers", "auto")
-    if n in (None, "auto"):
-        if device != "cpu":
-            return 1
-        threads = max(int(settings.get("threads", 1)), 1)
-        return max(1, min(4, (os.cpu_count() or 1) // threads))
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"arena setting workers: expected a positive integer or 'auto', got {n!r}")
-    return n
 
 
 def _settled(exp: Experiment, root: Path, folder: Path, env_key: str, outcome: ArenaOutcome) -> tuple[bool, str]:
@@ -173,112 +152,6 @@ def _settled(exp: Experiment, root: Path, folder: Path, env_key: str, outcome: A
     write_result(path, result)
     outcome.skipped.append(exp.run_id)
     return False, f"reused from {source.parent.name}/"
-
-
-class _Board:
-    """The arena-wide progress bar: finished runs plus the fractions of the runs in flight (thread-safe)."""
-
-    def __init__(self, console: Any, total: int, finished: int, show: bool) -> None:
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-        )
-        self.bar = Progress(*columns, console=console, disable=not show, transient=False)
-        self.task = self.bar.add_task("arena", total=total, completed=finished)
-        self.total, self.finished = total, finished
-        self.flight: dict[str, float] = {}
-        self.lock = threading.Lock()
-
-    def __enter__(self) -> _Board:
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.bar.__exit__(*exc)
-
-    def _show(self) -> None:
-        names = ", ".join(self.flight) or "arena"
-        done = self.finished + sum(min(max(f, 0.0), 0.999) for f in self.flight.values())
-        self.bar.update(self.task, completed=done, description=f"{names} ({self.finished}/{self.total} done)")
-
-    def progress(self, run_id: str, fraction: float) -> None:
-        with self.lock:
-            self.flight[run_id] = fraction
-            self._show()
-
-    def finish(self, run_id: str) -> int:
-        with self.lock:
-            self.flight.pop(run_id, None)
-            self.finished += 1
-            self._show()
-            return self.finished
-
-
-def _run_pool(
-    todo: list[Experiment],
-    folder: Path,
-    device: str,
-    timeout_s: float | None,
-    n_workers: int,
-    board: _Board,
-    outcome: ArenaOutcome,
-    say: Callable[[str], None],
-) -> float:
-    """Run ``todo`` on ``n_workers`` worker processes, longest expected first; returns the runs' CPU seconds."""
-    import queue
-
-    from lorafam.arena.eta import expected_order
-
-    jobs: queue.Queue[Experiment] = queue.Queue()
-    for exp in expected_order(todo, folder.parent):
-        jobs.put(exp)
-    lock = threading.Lock()
-    cpu = [0.0]
-
-    def drain() -> None:
-        threads = int(todo[0].settings.get("threads", 1))
-        with contextlib.closing(Worker(threads)) as worker:
-            while True:
-                try:
-                    exp = jobs.get_nowait()
-                except queue.Empty:
-                    return
-                path = result_path(folder, exp)
-                board.progress(exp.run_id, 0.0)
-                status = run_one(
-                    exp, path, device, lambda f, r=exp.run_id: board.progress(r, f), timeout_s, worker
-                )
-                spent = 0.0
-                with contextlib.suppress(ValueError, FileNotFoundError):
-                    spent = read_result(path).run_info.cpu_s
-                with lock:
-                    (outcome.failed if status == "failed" else outcome.ran).append(exp.run_id)
-                    cpu[0] += spent if status != "skipped" else 0.0
-                k = board.finish(exp.run_id)
-                say(f"[{k}/{board.total}] {exp.run_id}: {status}")
-
-    if not todo:
-        return 0.0
-    pool = [threading.Thread(target=drain, daemon=True) for _ in range(min(n_workers, len(todo)))]
-    for t in pool:
-        t.start()
-    for t in pool:
-        while t.is_alive():
-            t.join(0.5)  # a short join keeps Ctrl-C responsive in the main thread
-    return cpu[0]
 
 
 def bf16_pays_off(device: str = "cpu", threads: int = 2) -> tuple[bool, dict[str, float]]:
@@ -320,138 +193,3 @@ def resolve_auto(experiments: list[Experiment], device: str) -> list[Experiment]
         dataclasses.replace(e, settings={**e.settings, **probe}) if e.settings.get("bf16") == "auto" else e
         for e in experiments
     ]
-
-
-class Worker:
-    """The long-lived run process (``python -m lorafam.arena.worker --serve``), started on first use and again
-    after a run that killed it."""
-
-    def __init__(self, threads: int = 2) -> None:
-        self.threads = threads
-        self.proc: subprocess.Popen[str] | None = None
-
-    def _start(self) -> subprocess.Popen[str]:
-        t = str(self.threads)
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": t,
-            "MKL_NUM_THREADS": t,
-            "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_VERBOSITY": "error",
-            "PYTHONWARNINGS": "ignore",
-            "PYTHONUNBUFFERED": "1",
-        }
-        cmd = [sys.executable, "-m", "lorafam.arena.worker", "--serve"]
-        return subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
-        )
-
-    def run(
-        self, job: dict[str, Any], advance: Callable[[float], None] | None, timeout_s: float | None
-    ) -> str | None:
-        """Send one job and follow its progress; its status, or None when the process died (then it is gone)."""
-        if self.proc is None or self.proc.poll() is not None:
-            self.proc = self._start()
-        proc = self.proc
-        assert proc.stdin is not None and proc.stdout is not None
-        timer = threading.Timer(timeout_s, proc.kill) if timeout_s else None
-        if timer:
-            timer.start()
-        try:
-            proc.stdin.write(json.dumps(job) + "\n")
-            proc.stdin.flush()
-            for line in proc.stdout:
-                if line.startswith("@@done"):
-                    return line.split()[1]
-                if line.startswith("@@progress") and advance is not None:
-                    with contextlib.suppress(IndexError, ValueError):
-                        advance(float(line.split()[1]))
-                elif line.strip():
-                    with open(job["log"], "a", encoding="utf-8") as log:
-                        log.write(line)
-        except BrokenPipeError:
-            pass
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            if timer:
-                timer.cancel()
-        proc.kill()
-        proc.wait()
-        self.proc = None
-        return None
-
-    def close(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(OSError):
-            if self.proc.stdin:
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-
-def run_one(
-    exp: Experiment,
-    path: Path,
-    device: str = "cpu",
-    advance: Callable[[float], None] | None = None,
-    timeout_s: float | None = None,
-    worker: Worker | None = None,
-) -> str:
-    """Run one experiment in the worker process; returns its status. Never raises for a failed run."""
-    if exp.settings.get("skip_reason"):
-        info = exp.run_info(
-            status="skipped",
-            error=str(exp.settings["skip_reason"]),
-            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            device=device,
-        )
-        write_result(path, RunResult(info, TrainInfo(settings=dict(exp.settings)), collect_meta(device)))
-        return "skipped"
-    log_path = path.parent / "logs" / f"{exp.run_id}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_text("", encoding="utf-8")
-    if path.exists():
-        path.unlink()
-    own = worker is None
-    worker = worker or Worker(int(exp.settings.get("threads", 2)))
-    job = {
-        "experiment": exp.to_dict(),
-        "device": device,
-        "command": sys.argv,
-        "result": str(path),
-        "log": str(log_path),
-    }
-    started = time.perf_counter()
-    try:
-        status = worker.run(job, advance, timeout_s)
-    finally:
-        if own:
-            worker.close()
-    elapsed = time.perf_counter() - started
-    if status is not None:
-        with contextlib.suppress(ValueError, FileNotFoundError):
-            return read_result(path).run_info.status
-    tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
-    why = "timed out" if timeout_s and elapsed >= timeout_s else "the process ended"
-    result = RunResult(
-        exp.run_info(
-            status="failed",
-            error=f"the run process died ({why}); see {log_path.name}",
-            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            duration_s=elapsed,
-            threads=int(exp.settings.get("threads", 2)),
-            device=device,
-        ),
-        TrainInfo(settings=dict(exp.settings), extra={"log_tail": tail}),
-        collect_meta(device),
-    )
-    write_result(path, result)
-    return "failed"

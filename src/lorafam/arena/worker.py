@@ -39,75 +39,102 @@ def progress(fraction: float) -> None:
 
 def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
     """Do the run and return its ``train_info`` (raises on failure)."""
-    import torch
+    run = _Run(exp, device_name)
+    if run.steps:
+        run.train()
+    run.lap("train")
+    run.evaluate(run.steps, final=True)
+    _generated(run.info, run.model, run.fmt, run.task, run.test_items, run.s, run.device)
+    run.lap("eval")
+    progress(0.85)
+    if run.s.get("probes", True):
+        _probes(
+            run.info, run.built, run.fmt, run.gen_ids, run.reference, run.test_items, run.s, run.device, run.lap
+        )
+    run.lap("probes")
+    run.info.extra["phase_seconds"] = {k: round(v, 2) for k, v in run.phases.items()}  # for `--dry-run`
+    progress(1.0)
+    return run.info
 
-    from lorafam.arena import harness, probes
-    from lorafam.arena.eta import eval_points
-    from lorafam.arena.evaluate import score_items
-    from lorafam.arena.prompts import batches, collate
-    from lorafam.arena.tasks import make_task
-    from lorafam.core.inject import count_params
-    from lorafam.core.precision import cast_frozen
 
-    s = exp.settings
-    device = torch.device(device_name)
-    phases: dict[str, float] = {
-        "load": 0.0,
-        "build": 0.0,
-        "train": 0.0,
-        "eval": 0.0,
-        "forgetting": 0.0,
-        "probes": 0.0,
-        "evals": 0,
-        "eval_items": 0,
-    }
-    clock = [time.perf_counter()]
+class _Run:
+    """One run's state, phase by phase: setup (here), training with curve points, the final evaluation."""
 
-    def lap(phase: str) -> None:
+    def __init__(self, exp: Experiment, device_name: str) -> None:
+        import torch
+
+        from lorafam.arena import harness, probes
+        from lorafam.arena.tasks import make_task
+        from lorafam.core.inject import count_params
+        from lorafam.core.precision import cast_frozen
+
+        self.exp, s = exp, exp.settings
+        self.s, self.device = s, torch.device(device_name)
+        self.phases: dict[str, float] = dict.fromkeys(
+            ("load", "build", "train", "eval", "forgetting", "probes"), 0.0
+        )
+        self.phases.update(evals=0, eval_items=0)
+        self.clock = time.perf_counter()
+        torch.manual_seed(exp.seed)
+        random.seed(exp.seed)
+        self.task = make_task(exp.task, {exp.task: s["user_task"]} if "user_task" in s else None)
+        self.steps = 0 if exp.impl == "base" else int(s["steps"])
+        n_train = min(max(self.steps * int(s["batch_size"]), 1), 4000)
+        self.train_items, self.test_items = self.task.split(
+            n_train, int(s["eval_items"]), exp.seed, int(s.get("data_seed", 1234))
+        )
+        model, fmt = harness.load_base(s, self.device)
+        self.fmt = fmt
+        self.lap("load")
+        progress(0.04)
+        info = TrainInfo(settings=dict(s), steps=self.steps, test_items=len(self.test_items))
+        info.extra["member"] = exp.member
+        info.item_keys = [ex.key for ex in self.test_items]
+        info.eval_metric = "teacher-forced"
+        self.info = info
+        self.test_enc = [fmt.encode(ex) for ex in self.test_items]
+        self.gen_ids = probes.general_inputs(fmt, int(s.get("forget_prompts", 8))) if s.get("probes", True) else []
+        self.reference = (
+            probes.next_token_logprobs(model, self.gen_ids, fmt.pad_id, self.device) if self.gen_ids else []
+        )
+        self.built = harness.build(exp.impl, exp.member, model, s, fmt, self.steps)
+        if s.get("bf16", True) is True:
+            cast_frozen(self.built.model)
+        self.model = self.built.model
+        info.adapter_config = self.built.adapter_config
+        info.trainable_params, info.total_params = count_params(self.model)
+        if self.reference and self.steps:  # the probe before any training: the base as this member stores it (NF4)
+            per_text = self._forgetting()
+            info.extra["forgetting_kl_start"] = per_text[0]
+            info.extra["forgetting_kl_texts_start"] = per_text[2]
+        self.lap("build")
+        progress(0.08)
+
+    def lap(self, phase: str) -> None:
         now = time.perf_counter()
-        phases[phase] += now - clock[0]
-        clock[0] = now
+        self.phases[phase] += now - self.clock
+        self.clock = now
 
-    torch.manual_seed(exp.seed)
-    random.seed(exp.seed)
-    task = make_task(exp.task, {exp.task: s["user_task"]} if "user_task" in s else None)
-    steps = 0 if exp.impl == "base" else int(s["steps"])
-    n_train = min(max(steps * int(s["batch_size"]), 1), 4000)
-    train_items, test_items = task.split(n_train, int(s["eval_items"]), exp.seed, int(s.get("data_seed", 1234)))
-    model, fmt = harness.load_base(s, device)
-    lap("load")
-    progress(0.04)
-    info = TrainInfo(settings=dict(s), steps=steps, test_items=len(test_items), extra={"member": exp.member})
-    info.item_keys = [ex.key for ex in test_items]
-    info.eval_metric = "teacher-forced"
-    test_enc = [fmt.encode(ex) for ex in test_items]
-    gen_ids = probes.general_inputs(fmt, int(s.get("forget_prompts", 8))) if s.get("probes", True) else []
-    reference = probes.next_token_logprobs(model, gen_ids, fmt.pad_id, device) if gen_ids else []
-    built = harness.build(exp.impl, exp.member, model, s, fmt, steps)
-    if s.get("bf16", True) is True:
-        cast_frozen(built.model)
-    model = built.model
-    info.adapter_config = built.adapter_config
-    info.trainable_params, info.total_params = count_params(model)
-    if reference and steps:  # the probe's value before any training: the base as this member stores it (NF4...)
-        start = probes.next_token_logprobs(model, gen_ids, fmt.pad_id, device, s)
-        info.extra["forgetting_kl_start"] = probes.forgetting(reference, start)[0]
-        info.extra["forgetting_kl_texts_start"] = [
-            round(v, 5) for v in probes.forgetting_per_text(reference, start)
-        ]
-    lap("build")
-    progress(0.08)
-    curve_items = min(int(s.get("curve_items") or len(test_enc)), len(test_enc))
-    eval_batch = int(s.get("eval_batch", 32))
+    def _forgetting(self) -> tuple[float, float, list[float]]:
+        """(KL, top-1 agreement, KL per general text) of the model now against the pristine base."""
+        from lorafam.arena import probes
 
-    def evaluate(step: int, final: bool) -> None:
+        tuned = probes.next_token_logprobs(self.model, self.gen_ids, self.fmt.pad_id, self.device, self.s)
+        kl, top1 = probes.forgetting(self.reference, tuned)
+        return kl, top1, [round(v, 5) for v in probes.forgetting_per_text(self.reference, tuned)]
+
+    def evaluate(self, step: int, final: bool) -> None:
         """Score the test items teacher-forced (a fixed prefix of them at curve points), then the forgetting
         probe, and append the per-item record to ``info.evals``."""
+        from lorafam.arena.evaluate import score_items
+
+        model, info, s = self.model, self.info, self.s
         was_training = model.training
         model.eval()
-        items = test_enc if final else test_enc[:curve_items]
+        curve_items = min(int(s.get("curve_items") or len(self.test_enc)), len(self.test_enc))
+        items = self.test_enc if final else self.test_enc[:curve_items]
         t0 = time.perf_counter()
-        sc = score_items(model, items, fmt.pad_id, s, device, eval_batch)
+        sc = score_items(model, items, self.fmt.pad_id, s, self.device, int(s.get("eval_batch", 32)))
         rec: dict[str, Any] = {
             "step": step,
             "items": len(items),
@@ -118,35 +145,39 @@ def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
         }
         if sc.gates is not None:
             rec["gates"] = sc.gates
-        lap("eval")
-        phases["evals"] += 1
-        phases["eval_items"] += len(items)
-        if reference:
-            tuned = probes.next_token_logprobs(model, gen_ids, fmt.pad_id, device, s)
-            rec["forgetting_kl"], rec["forgetting_top1"] = probes.forgetting(reference, tuned)
-            rec["forgetting_kl_texts"] = [round(v, 5) for v in probes.forgetting_per_text(reference, tuned)]
-        lap("forgetting")
+        self.lap("eval")
+        self.phases["evals"] += 1
+        self.phases["eval_items"] += len(items)
+        if self.reference:
+            rec["forgetting_kl"], rec["forgetting_top1"], rec["forgetting_kl_texts"] = self._forgetting()
+        self.lap("forgetting")
         info.evals.append(rec)
         info.eval_curve.append([step, sc.exact_match])
         if final:
             info.accuracy, info.correct, info.answer_nll = sc.exact_match, sum(sc.em), sc.mean_nll
-            if reference:
+            if self.reference:
                 info.forgetting_kl, info.forgetting_top1 = rec["forgetting_kl"], rec["forgetting_top1"]
         if was_training:
             model.train()
 
-    if steps:
-        encoded = [fmt.encode(ex) for ex in train_items]
-        data = [collate(b, fmt.pad_id) for b in batches(encoded, int(s["batch_size"]), steps, exp.seed)]
+    def train(self) -> None:
+        """The shared training loop, with the curve points scored (in eval mode, untimed) after their steps."""
+        from lorafam.arena import harness
+        from lorafam.arena.eta import eval_points
+        from lorafam.arena.prompts import batches, collate
+
+        s, info, steps = self.s, self.info, self.steps
+        encoded = [self.fmt.encode(ex) for ex in self.train_items]
+        data = [collate(b, self.fmt.pad_id) for b in batches(encoded, int(s["batch_size"]), steps, self.exp.seed)]
         at = set(eval_points(s, steps))
 
         def on_step(step: int, loss: float) -> None:
             progress(0.08 + 0.62 * step / steps)
             if step in at and step < steps:
-                lap("train")
-                evaluate(step, final=False)
+                self.lap("train")
+                self.evaluate(step, final=False)
 
-        timing = harness.train(built, data, s, device, on_step)
+        timing = harness.train(self.built, data, s, self.device, on_step)
         info.loss_curve = timing["loss_curve"]
         info.example_losses = timing["example_losses"]
         info.final_loss = info.loss_curve[-1][1]
@@ -154,17 +185,6 @@ def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
         info.seconds_per_step = info.train_seconds / steps
         tokens = (timing["tokens_per_second"] or 0.0) * timing["train_seconds"]
         info.tokens_per_second = tokens / info.train_seconds if info.train_seconds else None
-    lap("train")
-    evaluate(steps, final=True)
-    _generated(info, model, fmt, task, test_items, s, device)
-    lap("eval")
-    progress(0.85)
-    if s.get("probes", True):
-        _probes(info, built, fmt, gen_ids, reference, test_items, s, device, lap)
-    lap("probes")
-    info.extra["phase_seconds"] = {k: round(v, 2) for k, v in phases.items()}  # for `lorafam arena --dry-run`
-    progress(1.0)
-    return info
 
 
 def _generated(

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     import lorafam as lf
-    from lorafam.arena.tasks import check_exact, resolve_checker
+    from lorafam.arena.checkers import check_exact, resolve_checker
     from lorafam.commands._generation import (
         AdapterMismatchError,
         check_adapter_base,

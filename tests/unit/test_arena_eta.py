@@ -71,3 +71,13 @@ def test_a_fresh_machine_estimates_the_default_budgets_from_the_shipped_timings(
     out = summarize(exps, tmp_path / "fresh")
     assert out["unknown"] == [], out["text"]
     assert out["seconds"] > 0 and "shipped with lorafam" in out["text"] and machine in out["text"]
+
+
+def test_parallel_workers_divide_the_wall_time_longest_run_first() -> None:
+    from lorafam.arena.eta import makespan
+
+    assert makespan([10.0, 10.0, 10.0, 10.0], 2) == pytest.approx(20.0)
+    assert makespan([30.0, 10.0, 10.0, 10.0], 2) == pytest.approx(
+        30.0
+    )  # the long run on one, the rest on the other
+    assert makespan([5.0, 4.0, 3.0], 1) == pytest.approx(12.0) and makespan([], 3) == 0.0

@@ -165,31 +165,46 @@ def estimate_plan(
     return total, unknown
 
 
-def describe(total_s: float, unknown: list[str], n_runs: int) -> str:
+def makespan(durations: list[float], workers: int) -> float:
+    """Wall time of runs of these durations on ``workers`` parallel workers, longest first, each run going to the
+    worker that frees up first (what :mod:`lorafam.arena.pool` does)."""
+    free = [0.0] * max(workers, 1)
+    for d in sorted(durations, reverse=True):
+        i = free.index(min(free))
+        free[i] += d
+    return max(free) if durations else 0.0
+
+
+def describe(total_s: float, unknown: list[str], n_runs: int, workers: int = 1) -> str:
     known = n_runs - len(unknown)
     if not known:
         return "no estimate yet: no comparable run has been timed under this results folder"
-    text = f"estimated {total_s / 60:.0f} min for {known} of {n_runs} runs (from timings measured here)"
+    on = f" on {workers} workers" if workers > 1 else ""
+    text = f"estimated {total_s / 60:.0f} min{on} for {known} of {n_runs} runs (from timings measured here)"
     if unknown:
         text += f"; no comparable timing yet for {len(unknown)}: {', '.join(unknown[:6])}"
         text += " …" if len(unknown) > 6 else ""
     return text
 
 
-def summarize(experiments: list[Experiment], folder: str | Path) -> dict[str, Any]:
-    """The plan's estimate from the timings measured under ``folder``; where nothing comparable was measured
-    there yet (a fresh machine), from the timings shipped with lorafam, and the text says so."""
-    timings = measured_timings(folder) if Path(folder).exists() else {}
-    total, unknown = estimate_plan(experiments, timings)
-    text = describe(total, unknown, len(experiments))
-    if unknown:
-        shipped, machine = shipped_timings()
-        if shipped:
-            total2, unknown2 = estimate_plan(experiments, {**shipped, **timings})
-            if len(unknown2) < len(unknown):
-                total, unknown = total2, unknown2
-                text = describe(total, unknown, len(experiments)).replace(
-                    "(from timings measured here)",
-                    f"(from the timings shipped with lorafam, measured on {machine})",
-                )
-    return {"seconds": total, "unknown": unknown, "text": text}
+def summarize(experiments: list[Experiment], folder: str | Path, workers: int = 1) -> dict[str, Any]:
+    """The plan's wall-time estimate on ``workers`` parallel workers from the timings measured under ``folder``;
+    where nothing comparable was measured there yet (a fresh machine), from the timings shipped with lorafam, and
+    the text says so."""
+
+    def known(t: dict[tuple[str, str, str], Timing]) -> int:
+        return sum(estimate_run(e, t) is not None for e in experiments)
+
+    measured = measured_timings(folder) if Path(folder).exists() else {}
+    timings, source = measured, "(from timings measured here)"
+    shipped, machine = shipped_timings()
+    if known(measured) < len(experiments) and known({**shipped, **measured}) > known(measured):
+        timings, source = (
+            {**shipped, **measured},
+            f"(from the timings shipped with lorafam, measured on {machine})",
+        )
+    per_run = {e.run_id: estimate_run(e, timings) for e in experiments}
+    unknown = [r for r, v in per_run.items() if v is None]
+    wall = makespan([v for v in per_run.values() if v is not None], workers)
+    text = describe(wall, unknown, len(experiments), workers).replace("(from timings measured here)", source)
+    return {"seconds": wall, "unknown": unknown, "text": text}

@@ -44,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"lorafam arena: {exc}", file=sys.stderr)
         return 2
     from lorafam.arena.eta import summarize
+    from lorafam.arena.pool import worker_count
 
-    eta = summarize(experiments, args.results)
+    workers = worker_count(experiments[0].settings, args.device) if experiments else 1
+    eta = summarize(experiments, args.results, workers)
     if args.dry_run:
         for e in experiments:
             print(e.run_id)

@@ -29,14 +29,14 @@ def result_path(folder: Path, exp: Experiment) -> Path:
 
 
 def worker_count(settings: dict[str, Any], device: str = "cpu") -> int:
-    """How many runs go at once: the ``workers`` setting, or for ``auto`` one per ``threads`` cores (at most 4)
-    on a CPU and one on a GPU. On a 2-core CPU two 1-thread runs do about 1.7× the work of one 2-thread run: this
-    model's matrices are too small for two threads to split one product well."""
-    n = settings.get("workers", "auto")
+    """How many runs go at once: the ``workers`` setting (default 1), or for ``auto`` one per ``threads`` cores
+    (at most 4) on a CPU and one on a GPU. Whether parallel runs pay off depends on the machine's memory bandwidth:
+    on a 2-core AMD EPYC two 1-thread runs did no more work than one 2-thread run (docs/arena.md)."""
+    n = settings.get("workers", 1)
     if n in (None, "auto"):
         if device != "cpu":
             return 1
-        threads = max(int(settings.get("threads", 1)), 1)
+        threads = max(int(settings.get("threads", 2)), 1)
         return max(1, min(4, (os.cpu_count() or 1) // threads))
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"arena setting workers: expected a positive integer or 'auto', got {n!r}")

@@ -57,6 +57,20 @@ def run_experiment(exp: Experiment, device_name: str = "cpu") -> TrainInfo:
     return run.info
 
 
+_REFERENCES: dict[tuple[Any, ...], list] = {}
+
+
+def _reference(model: Any, gen_ids: list, pad_id: int, device: Any, s: dict[str, Any]) -> list:
+    """The forgetting probe's reference: the pristine fp32 base's next-token log-probabilities on the general
+    texts. Every run of a worker loads the same base, so it is computed once per (model, texts) and kept."""
+    from lorafam.arena import probes
+
+    key = (s.get("model", "default"), str(device), tuple(tuple(x) for x in gen_ids))
+    if key not in _REFERENCES:
+        _REFERENCES[key] = probes.next_token_logprobs(model, gen_ids, pad_id, device)
+    return _REFERENCES[key]
+
+
 class _Run:
     """One run's state, phase by phase: setup (here), training with curve points, the final evaluation."""
 
@@ -94,9 +108,7 @@ class _Run:
         self.info = info
         self.test_enc = [fmt.encode(ex) for ex in self.test_items]
         self.gen_ids = probes.general_inputs(fmt, int(s.get("forget_prompts", 8))) if s.get("probes", True) else []
-        self.reference = (
-            probes.next_token_logprobs(model, self.gen_ids, fmt.pad_id, self.device) if self.gen_ids else []
-        )
+        self.reference = _reference(model, self.gen_ids, fmt.pad_id, self.device, s) if self.gen_ids else []
         self.built = harness.build(exp.impl, exp.member, model, s, fmt, self.steps)
         if s.get("bf16", True) is True:
             cast_frozen(self.built.model)

@@ -6,6 +6,7 @@ members (DoRA and AdaLoRA by SVD, Quantum-PEFT exactly). Also the adapter's effe
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -36,6 +37,12 @@ def _export(args: list[str]) -> None:
 @pytest.fixture(scope="module")
 def tok():
     return lf.load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def smol():
+    """The embedded SmolLM2 (dequantised from the GGUF llama.cpp reads), loaded once; cases work on copies."""
+    return lf.load_model().eval()
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +122,8 @@ def _compare(name, ours, theirs, base_ours, base_theirs, record):
 
 
 @pytest.fixture(scope="module")
-def base(tok, record):
-    model = lf.load_model().eval()
-    ours = _lorafam_greedy(model, tok)
+def base(tok, smol, record):
+    ours = _lorafam_greedy(smol, tok)
     theirs = _llama_greedy(tok, None)
     record["base"] = {"lorafam": ours[0], "llama_cpp": theirs[0], "equal": ours[0] == theirs[0]}
     assert ours[0] == theirs[0], "the two engines disagree on the base model already"
@@ -125,14 +131,14 @@ def base(tok, record):
 
 
 @pytest.mark.parametrize("member", ["lora", "dora", "adalora", "quantum"])
-def test_llama_cpp_decodes_like_lorafam(tmp_path, tok, base, record, member):
+def test_llama_cpp_decodes_like_lorafam(tmp_path, tok, smol, base, record, member):
     configs = {
         "lora": lf.LoraConfig(rank=8, alpha=16, targets="all-linear"),
         "dora": lf.DoraConfig(rank=8, alpha=16, targets="all-linear"),
         "adalora": lf.AdaLoraConfig(rank=8, alpha=16, targets="all-linear", target_rank=4),
         "quantum": lf.QuantumConfig(rank=8, alpha=16, layers=2, targets="all-linear"),
     }
-    model = lf.attach(lf.load_model(), configs[member])
+    model = lf.attach(copy.deepcopy(smol), configs[member])
     perturb_adapters(model, std=0.02, seed=7)
     lf.save_adapter(model, tmp_path / "member")
     src = tmp_path / "member"
@@ -140,7 +146,7 @@ def test_llama_cpp_decodes_like_lorafam(tmp_path, tok, base, record, member):
         _export([str(src), "--to", "lora", str(tmp_path / "plain")])
         src = tmp_path / "plain"
     _export([str(src), "--to", "gguf", str(tmp_path / "a.gguf")])
-    plain = lf.load_adapter(lf.load_model(), src).eval()
+    plain = lf.load_adapter(copy.deepcopy(smol), src).eval()
     ours = _lorafam_greedy(plain, tok)
     theirs = _llama_greedy(tok, str(tmp_path / "a.gguf"))
     _compare(member, ours, theirs, base[0], base[1], record)

@@ -68,16 +68,32 @@ def test_fsdp_two_ranks_equal_one_process_and_ddp(setup, monkeypatch, capfd):
     assert torch.allclose(torch.tensor(f_eval), torch.tensor([v for _, v in single.eval_curve]), atol=1e-5)
 
 
-def test_fsdp_refuses_adalora_and_intermediate_checkpoints(setup, monkeypatch):
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        ("adalora", r"fsdp: adalora cannot run on sharded parameters: its rank allocator"),
+        ("quantum", r"fsdp: QuantumAdapter cannot be sharded block by block: the Pauli bank"),
+        ("mopeft", r"fsdp: QuantumAdapter cannot be sharded"),  # the default experts include Quantum-PEFT
+    ],
+)
+def test_fsdp_refuses_members_that_cannot_be_sharded(setup, monkeypatch, member, message):
     """Checked in one rank of a (fake) two-process job: the refusals come before the model is sharded."""
     from lorafam.train import distributed
 
     root, model_dir, data = setup
     monkeypatch.setattr(distributed, "setup", lambda device=None: distributed.DistInfo(rank=0, world=2))
     monkeypatch.setattr(distributed, "broadcast_object", lambda obj, info: obj)
-    adalora = base_config(model_dir, data, root / "ada", method="adalora", fsdp=True, **COMMON)
-    with pytest.raises(TrainingError, match=r"fsdp: adalora cannot run on sharded parameters: its rank allocator"):
-        train(make_config(adalora))
+    cfg = base_config(model_dir, data, root / f"no-{member}", method=member, fsdp=True, **COMMON)
+    with pytest.raises(TrainingError, match=message):
+        train(make_config(cfg))
+
+
+def test_fsdp_refuses_intermediate_checkpoints(setup, monkeypatch):
+    from lorafam.train import distributed
+
+    root, model_dir, data = setup
+    monkeypatch.setattr(distributed, "setup", lambda device=None: distributed.DistInfo(rank=0, world=2))
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj, info: obj)
     ckpt = base_config(model_dir, data, root / "ckpt", fsdp=True, save_steps=2, **COMMON)
     with pytest.raises(TrainingError, match=r"save_strategy: no"):
         train(make_config(ckpt))

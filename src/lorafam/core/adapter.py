@@ -95,6 +95,8 @@ class Adapter(nn.Module):
     mergeable: ClassVar[bool] = True
     """False for members whose update cannot be folded into W (aLoRA); ``merge`` then raises."""
     not_mergeable_reason: ClassVar[str] = ""
+    unshardable: ClassVar[str | None] = None
+    """Why this adapter cannot run under FSDP2 (``fsdp: true``: every decoder block sharded on its own), or None."""
 
     def __init__(self, config: AdapterConfig, in_features: int, out_features: int, rank: int, alpha: float):
         super().__init__()

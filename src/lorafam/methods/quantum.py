@@ -77,6 +77,11 @@ class QuantumAdapter(Adapter):
         ValueError: K larger than the layer (``check_shape``).
     """
 
+    unshardable = (
+        "the Pauli bank builds the orthogonal factors of every layer in one batched circuit, reading the angles "
+        "of all decoder blocks at once, while FSDP2 holds only the running block's parameters whole"
+    )
+
     def __init__(self, config: QuantumConfig, in_features: int, out_features: int, rank: int, alpha: float):
         super().__init__(config, in_features, out_features, rank, alpha)
         self.scaling = alpha / rank

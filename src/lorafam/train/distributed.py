@@ -129,13 +129,23 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     )
 
 
-def check_fsdp(callbacks: list[Any], save_strategy: str, save_every: int | None, total: int) -> None:
+def check_fsdp(
+    model: nn.Module, callbacks: list[Any], save_strategy: str, save_every: int | None, total: int
+) -> None:
     """What FSDP2 runs do not do (yet), refused before any compute:
 
+    - adapters that read parameters of other decoder blocks in their forward (``Adapter.unshardable``; also as a
+      mixture's expert): FSDP2 holds only the running block's parameters whole;
     - members whose callbacks read whole parameter or gradient tensors between steps (``Callback.unshardable``):
-      under FSDP2 each rank holds only its shard there, so the callback would decide differently on each rank;
+      each rank holds only its shard there, so the callback would decide differently on each rank;
     - checkpoints during training: the optimizer state is sharded across ranks (the final adapter is written).
     """
+    from lorafam.core.adapter import Adapter
+
+    for module in model.modules():
+        if isinstance(module, Adapter) and module.unshardable:
+            raise NotShardableError(f"fsdp: {type(module).__name__} cannot be sharded block by block: "
+                                    f"{module.unshardable}. Use DDP (--nproc N)")  # fmt: skip
     for cb in callbacks:
         if cb.unshardable:
             raise NotShardableError(

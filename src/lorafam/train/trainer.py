@@ -195,7 +195,7 @@ def _setup(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) 
     if cfg.fsdp and info.enabled:  # refused before any compute (intermediate checkpoints, unshardable members)
         every = {"steps": cfg.save_steps, "epoch": steps_per_epoch}.get(cfg.save_strategy)
         try:
-            distributed.check_fsdp(callbacks, cfg.save_strategy, every, total)
+            distributed.check_fsdp(model, callbacks, cfg.save_strategy, every, total)
         except distributed.NotShardableError as exc:
             raise TrainingError(str(exc)) from exc
     runner = distributed.wrap(LossModule(model, cfg.loss_chunk_size), model, info, fsdp=cfg.fsdp,

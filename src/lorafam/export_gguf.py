@@ -128,6 +128,19 @@ def export_gguf(
     if not tensors:
         raise ValueError(f"adapter {name!r} adapts no linear layer")
     out = Path(out_file)
+    _write_adapter_gguf(out, arch, alpha, f"lorafam {factors.route} export", tensors)
+    notes = []
+    if factors.route == "svd":
+        notes.append(f"SVD to rank {factors.rank}: max relative error {max(factors.errors, default=0.0):.2e}")
+    return GgufExport(str(out), factors.route, factors.rank, len(tensors), arch, notes)
+
+
+def _write_adapter_gguf(
+    out: Path, arch: str, alpha: float, title: str, tensors: list[tuple[str, np.ndarray]]
+) -> None:
+    """The adapter GGUF (llama.cpp's ``general.type = adapter`` keys, then the tensors), written atomically."""
+    import gguf
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     writer = gguf.GGUFWriter(str(tmp), arch=arch)
@@ -135,7 +148,7 @@ def export_gguf(
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-        writer.add_name(f"lorafam {factors.route} export")
+        writer.add_name(title)
         for tname, arr in tensors:
             writer.add_tensor(tname, arr)
         writer.write_header_to_file()
@@ -144,7 +157,3 @@ def export_gguf(
     finally:
         writer.close()
     os.replace(tmp, out)
-    notes = []
-    if factors.route == "svd":
-        notes.append(f"SVD to rank {factors.rank}: max relative error {max(factors.errors, default=0.0):.2e}")
-    return GgufExport(str(out), factors.route, factors.rank, len(tensors), arch, notes)

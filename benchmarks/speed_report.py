@@ -58,7 +58,8 @@ def summary(d: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     step = d.get("s2step") or {}
     for n, limit in (("4096", 0.70), ("2048", 0.85)):
-        note = f"whole LongLoRA step (fwd + bwd + AdamW), batch 1, {step.get('threads', '?')} threads"
+        note = (f"whole LongLoRA step (fwd + bwd + AdamW), batch 1, {step['threads']} threads" if step
+                else "whole LongLoRA step: not in this run (see the notes below the table)")  # fmt: skip
         rows.append(_row(f"S²-Attn training step / full attention's at {n}", (step.get(n) or {}).get("s2 / full"),
                          limit, note=note))  # fmt: skip
     for n in ("4096", "2048"):  # diagnostic: the only call S²-Attn changes (no target of its own)

@@ -247,11 +247,23 @@ def main() -> None:
     p.add_argument("--output", default=str(RESULTS / "serve.json"))
     p.add_argument("--screenshot", default=None, help="only capture the try-it page on SmolLM2 to this PNG")
     p.add_argument("--render", action="store_true", help="only rewrite the BENCHMARKS.md section from --output")
+    p.add_argument(
+        "--merge-sweep",
+        default=None,
+        help="with --render: take the sweep from this results file (a hold of its own)",
+    )
     args = p.parse_args()
     if args.render:
         import json
 
-        update_markdown_section("serve", markdown(json.loads(Path(args.output).read_text())))
+        res = json.loads(Path(args.output).read_text())
+        if args.merge_sweep:
+            other = json.loads(Path(args.merge_sweep).read_text())
+            res["sweep"] = other["sweep"]
+            keys = ("started", "ended", "wall_s", "load_avg", "load_avg_end", "uptime_start", "uptime_end", "args")
+            res["sweep_run"] = {k: other.get(k) for k in keys} | {"git": other["machine"]["git"]}
+            write_json(Path(args.output), res)
+        update_markdown_section("serve", markdown(res))
         return
     if args.screenshot:
         screenshot(Path(args.screenshot))

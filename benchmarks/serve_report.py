@@ -85,8 +85,8 @@ def _mixed(res: dict[str, Any]) -> list[str]:
         f"**Mixed batch.** {x['rows']} rows, each on a different adapter (LoRA r=8/16/32, rsLoRA r=16, DoRA r=16, "
         "AdaLoRA r=12, Quantum-PEFT K=16, aLoRA r=16; all linear layers) vs the same rows on one LoRA r=16. Ours "
         "groups the rows by adapter (each row at its own rank); the previous kernel (all factors concatenated, "
-        "masked per row) runs in the same rounds. "
-        f"decode tokens/s over the steps where all rows ran, {len(x['raw_tokens_per_s']['one_adapter'])} "
+        "masked per row) runs in the same rounds. Decode tokens/s "
+        f"over the steps where all rows ran, {len(x['raw_tokens_per_s']['one_adapter'])} "
         "rounds. PEFT's rows are `generate()` tokens/s (prefill included; it refuses DoRA with `adapter_names`, so "
         "its mix is 8 LoRA adapters of the same ranks):",
         "",
@@ -95,7 +95,14 @@ def _mixed(res: dict[str, Any]) -> list[str]:
 
 
 def _sweep(res: dict[str, Any]) -> list[str]:
-    a = res["args"]
+    run = res.get("sweep_run")  # the sweep measured in a hold of its own (``--parts sweep``), merged in
+    a = run["args"] if run else res["args"]
+    when = (
+        f"Measured in a second hold ({run['started']}–{run['ended']} UTC, load average {run['load_avg']} → "
+        f"{run['load_avg_end']}; same machine and settings). "
+        if run
+        else ""
+    )
     rows = [
         [
             n,
@@ -108,7 +115,7 @@ def _sweep(res: dict[str, Any]) -> list[str]:
         for n, v in res["sweep"].items()
     ]
     return [
-        f"**Many adapters.** {a['requests']} requests, popularity ∝ (i+1)^−{a['alpha']}, rate {a['rate']} req/s "
+        f"**Many adapters.** {when}{a['requests']} requests, popularity ∝ (i+1)^−{a['alpha']}, rate {a['rate']} req/s "
         f"(inf: all at once), ranks {a['ranks']} cycled, on q,k,v,o; {a['sweep_repeats']} rounds. Ours: continuous "
         "batching, ≤ 32 rows of any adapters per decode step. PEFT per adapter: the oldest waiting request's adapter "
         "is set, and all its waiting requests (≤ 32) run in one `generate`. Tokens/s over the whole run:",

@@ -18,6 +18,7 @@ _os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 _logging.getLogger("torchao").setLevel(_logging.ERROR)
 _logging.getLogger("torch.utils._pytree").setLevel(_logging.ERROR)
 
+from lorafam._version import __version__ as __version__  # noqa: E402
 from lorafam.core.adapter import AdaptedLayer, Adapter  # noqa: E402
 from lorafam.core.checkpoint import load_adapter, save_adapter  # noqa: E402
 from lorafam.core.config import AdapterConfig  # noqa: E402
@@ -46,8 +47,6 @@ from lorafam.methods.quantum import QuantumConfig  # noqa: E402
 from lorafam.models import load_model, load_tokenizer, tiny_gpt2, tiny_llama  # noqa: E402
 from lorafam.optim import make_optimizer, param_groups  # noqa: E402
 from lorafam.serve.engine import GenerationResult, PrefixCache, generate  # noqa: E402
-
-__version__ = "0.1.0"
 
 __all__ = [
     "MEMBERS",

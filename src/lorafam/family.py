@@ -112,17 +112,20 @@ class FamilyMember:
         fields: Mapping[str, Any] | None = None,
         /,
         *,
+        common: Mapping[str, Any] | None = None,
         run: RunFacts | None = None,
         where: str = "",
         **more: Any,
     ) -> AdapterConfig:
         """The one member → config builder (the trainer, the arena and the contract tests call it).
 
-        Precedence: the config class's defaults < the member's ``preset`` < ``fields``. Pass in ``fields`` only what
-        the caller really set (the trainer passes the YAML keys the user wrote, so AdaLoRA keeps its initial rank 12
-        and LongLoRA its q/k/v/o targets when the YAML does not name them); keyword arguments join ``fields``.
-        Facts of the run (:class:`RunFacts`: the number of steps, the prompt format's assistant header) go to the
-        member's :meth:`AdapterConfig.run_fields`, which fills the fields that need them unless the preset or
+        Precedence: the config class's defaults < ``common`` < the member's ``preset`` < ``fields``. Pass in
+        ``fields`` only what the caller really set (the trainer passes the YAML keys the user wrote, so AdaLoRA
+        keeps its initial rank 12 and LongLoRA its q/k/v/o targets when the YAML does not name them); keyword
+        arguments join ``fields``. ``common`` holds settings shared by a whole comparison (the arena's rank, alpha,
+        dropout, targets): each applies only where the member's config has that field and its preset does not set
+        it. Facts of the run (:class:`RunFacts`: the number of steps, the prompt format's assistant header) go to
+        the member's :meth:`AdapterConfig.run_fields`, which fills the fields that need them unless the preset or
         ``fields`` already did.
 
         Raises:
@@ -131,8 +134,10 @@ class FamilyMember:
         """
         cls = METHODS[self.method].config_cls
         given = {**(fields or {}), **more}
-        check_keys(given, cls.field_names(), where or f"member {self.name} ({cls.__name__})")
-        chosen = {**self.preset, **given}
+        names = cls.field_names()
+        check_keys(given, names, where or f"member {self.name} ({cls.__name__})")
+        shared = {k: v for k, v in (common or {}).items() if k in names and k not in self.preset}
+        chosen = {**shared, **self.preset, **given}
         filled = cls.run_fields(chosen, run) if run is not None else {}
         return cls(**{**filled, **chosen})
 

@@ -103,3 +103,13 @@ def test_make_config_precedence_and_run_facts():
     assert MEMBERS["qlora"].make_config({"rank": 3}).quantize == "nf4"  # preset < caller, preset kept
     with pytest.raises(ValueError, match=r"member lora \(LoraConfig\): unknown key 'rnak'.*Did you mean 'rank'"):
         MEMBERS["lora"].make_config({"rnak": 3})
+
+
+def test_make_config_common_settings_apply_only_where_the_member_has_them_and_does_not_preset_them():
+    # the arena's shared settings: lower than the preset, ignored by a config without the field, below the caller
+    common = {"rank": 4, "quantize": None, "init_rank": 99}
+    q = MEMBERS["qlora"].make_config(common=common)
+    assert (q.rank, q.quantize) == (4, "nf4")
+    assert MEMBERS["adalora"].make_config({"init_rank": 6}, common=common).init_rank == 6
+    assert MEMBERS["adalora"].make_config(common=common).init_rank == 99
+    assert MEMBERS["lora"].make_config({"rank": 2}, common=common).rank == 2

@@ -16,64 +16,32 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from lorafam.arena.built import Built, member_config
 from lorafam.arena.prompts import ByteFormatter, ChatFormatter, left_pad
-
-
-@dataclass
-class Built:
-    """A model ready to train, with the handles the probes need."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer | None
-    callbacks: list[Any] = field(default_factory=list)
-    adapter_config: dict[str, Any] = field(default_factory=dict)
-    disabled: Callable[[], contextlib.AbstractContextManager] | None = None  # base behaviour, if available
-    merge: Callable[[], None] | None = None
-    unmerge: Callable[[], None] | None = None
-    save: Callable[[str], None] | None = None
-    after_backward: Callable[[int], None] | None = None  # PEFT AdaLoRA's update_and_allocate
-    mergeable: bool | None = None
-    not_mergeable_reason: str = ""
-    adapted_bases: list[nn.Module] = field(default_factory=list)
+from lorafam.train.callbacks import Callback
 
 
 def load_base(settings: dict[str, Any], device: torch.device) -> tuple[nn.Module, Any]:
     """(model, formatter) for ``settings["model"]``: "default" (embedded SmolLM2), "tiny-llama", "tiny-gpt2", or a
     local transformers folder."""
-    import lorafam as lf
+    from lorafam.models import load_model, load_tokenizer, tiny_gpt2, tiny_llama
 
     name = settings.get("model", "default")
     if name == "tiny-llama":
-        return lf.tiny_llama(seed=0).to(device), ByteFormatter()
+        return tiny_llama(seed=0).to(device), ByteFormatter()
     if name == "tiny-gpt2":
-        return lf.tiny_gpt2(seed=0).to(device), ByteFormatter()
+        return tiny_gpt2(seed=0).to(device), ByteFormatter()
     path = None if name == "default" else name
     system = settings.get("system_prompt")  # "" = an empty system turn: 17 fewer tokens per item than the default
-    return lf.load_model(path, device=device), ChatFormatter(lf.load_tokenizer(path), system)
+    return load_model(path, device=device), ChatFormatter(load_tokenizer(path), system)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def member_config(member_name: str, settings: dict[str, Any], formatter: Any, steps: int) -> Any:
-    """The member's config from the registry with the arena's common fields (rank, alpha, dropout, targets: the
-    same for every member that has them and does not preset them) and ``config_overrides``; facts of the run
-    (steps → AdaLoRA's ``total_step``, the assistant header → aLoRA's invocation) through ``RunFacts``."""
-    from lorafam.family import MEMBERS, METHODS, RunFacts
-
-    m = MEMBERS[member_name]
-    names = set(METHODS[m.method].config_cls.field_names())
-    kw: dict[str, Any] = {k: settings[k] for k in ("rank", "alpha", "dropout", "targets") if k in names}
-    kw = {k: v for k, v in kw.items() if k not in m.preset}
-    kw.update(settings.get("config_overrides") or {})
-    run = RunFacts(total_steps=steps, assistant_header=list(formatter.assistant_header))
-    return m.make_config(kw, run=run, where=f"arena member {member_name}")
-
-
 def build(
     impl: str, member_name: str, model: nn.Module, settings: dict[str, Any], formatter: Any, steps: int
 ) -> Built:
@@ -98,32 +66,29 @@ def build(
 def _build_lorafam(
     member_name: str, model: nn.Module, settings: dict[str, Any], formatter: Any, steps: int
 ) -> Built:
-    import lorafam as lf
-    from lorafam.core.inject import adapted_layers
+    from lorafam.core.checkpoint import save_adapter
+    from lorafam.core.inject import adapted_layers, attach, disabled, merge, unmerge
     from lorafam.family import MEMBERS, spec_for_config
+    from lorafam.optim import make_optimizer
     from lorafam.train.callbacks import callbacks_for
 
     cfg = member_config(member_name, settings, formatter, steps)
-    lf.attach(model, cfg)
-    opts = {k: v for k, v in MEMBERS[member_name].train_options.items() if k in _OPT_KEYS}
-    opt = lf.make_optimizer(model, lr=settings["lr"], **opts)
+    attach(model, cfg)
+    opt = make_optimizer(model, lr=settings["lr"], loraplus_ratio=MEMBERS[member_name].train.loraplus_ratio)
     adapter_cls = spec_for_config(cfg).adapter_cls
     return Built(
         model,
         opt,
         callbacks=callbacks_for(model, steps),
         adapter_config=cfg.to_dict(),
-        disabled=lambda: lf.disabled(model),
-        merge=lambda: lf.merge(model),
-        unmerge=lambda: lf.unmerge(model),
-        save=lambda path: lf.save_adapter(model, path),
-        mergeable=bool(getattr(adapter_cls, "mergeable", True)),
-        not_mergeable_reason=str(getattr(adapter_cls, "not_mergeable_reason", "")),
+        disabled=lambda: disabled(model),
+        merge=lambda: merge(model),
+        unmerge=lambda: unmerge(model),
+        save=lambda path: save_adapter(model, path),
+        mergeable=adapter_cls.mergeable,
+        not_mergeable_reason=adapter_cls.not_mergeable_reason,
         adapted_bases=[layer.base_layer for _, layer in adapted_layers(model)],
     )
-
-
-_OPT_KEYS = {"loraplus_ratio", "loraplus_lr_embedding", "weight_decay", "optimizer"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,21 +174,12 @@ def train(
     }
 
 
-class _AfterStep:
+class _AfterStep(Callback):
     """A step hook given as a function (PEFT AdaLoRA's ``update_and_allocate``), run where PEFT documents it: after
     ``optimizer.step()``, before ``zero_grad()``."""
 
     def __init__(self, fn: Callable[[int], None]) -> None:
         self.fn = fn
-
-    def on_train_begin(self, model: nn.Module, total_steps: int) -> None:
-        return None
-
-    def extra_loss(self, model: nn.Module) -> None:
-        return None
-
-    def on_after_backward(self, step: int, model: nn.Module) -> None:
-        return None
 
     def on_optimizer_step(self, step: int, model: nn.Module) -> None:
         self.fn(step)

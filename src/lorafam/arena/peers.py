@@ -1,6 +1,7 @@
 """The arena's PEFT peers: the same member built through Hugging Face PEFT, inside the arena's harness.
 
-The member's config is translated by its own ``to_peft()``; LoRA+ uses ``peft.optimizers.create_loraplus_optimizer``
+Which members PEFT implements is a registry fact (``FamilyMember.in_peft``); the member's config is translated by
+its own ``to_peft()``; LoRA+ uses ``peft.optimizers.create_loraplus_optimizer``
 and AdaLoRA calls ``update_and_allocate`` after each step. Everything else (data, loop, evaluation, probes) is the
 harness's, so a lorafam-vs-PEFT ratio compares implementations, not harnesses.
 """
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorafam.arena.harness import Built, member_config
+from lorafam.arena.built import Built, member_config
 
 
 class PeerUnavailable(RuntimeError):
@@ -31,8 +32,8 @@ def build_peft(member_name: str, model: nn.Module, settings: dict[str, Any], for
         raise PeerUnavailable(
             f"PEFT's 4-bit base needs bitsandbytes' CUDA/CPU kernels (quantize={cfg.quantize!r}); not run here"
         )
-    if not hasattr(cfg, "to_peft"):
-        raise PeerUnavailable(f"{type(cfg).__name__} has no PEFT translation (to_peft)")
+    if not MEMBERS[member_name].in_peft:
+        raise PeerUnavailable(f"Hugging Face PEFT does not implement {member_name} (registry: in_peft=False)")
     d = dict(cfg.to_peft())
     peft_type = d.pop("peft_type")
     config_cls = peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
@@ -41,7 +42,7 @@ def build_peft(member_name: str, model: nn.Module, settings: dict[str, Any], for
     kw["target_modules"] = match_targets(list(adaptable_layers(model)), cfg.targets, cfg.exclude)
     kw["task_type"] = "CAUSAL_LM"
     pm = peft.get_peft_model(model, config_cls(**kw))
-    ratio = MEMBERS[member_name].train_options.get("loraplus_ratio")
+    ratio = MEMBERS[member_name].train.loraplus_ratio
     if ratio:
         from peft.optimizers import create_loraplus_optimizer
 

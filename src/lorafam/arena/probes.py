@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorafam.arena.built import Built
 from lorafam.arena.checkers import Example
-from lorafam.arena.harness import Built, regime
+from lorafam.arena.harness import regime
 from lorafam.arena.prompts import GENERAL_PROMPTS, left_pad
 
 
@@ -152,16 +153,15 @@ def param_scaling(
     member: str, settings: dict[str, Any], formatter: Any, sizes: tuple[int, ...] = (256, 1024, 4096)
 ) -> list[list[int]] | None:
     """Trainable parameters of the member on one square N×N linear layer, for each N (how the count grows)."""
-    import lorafam as lf
-    from lorafam.arena.harness import member_config
-    from lorafam.core.inject import count_params
+    from lorafam.arena.built import member_config
+    from lorafam.core.inject import attach, count_params
 
     out = []
     try:
         for n in sizes:
             layer = nn.Sequential(nn.Linear(n, n, bias=False))
             cfg = member_config(member, {**settings, "targets": "all-linear"}, formatter, 10)
-            lf.attach(layer, cfg)
+            attach(layer, cfg)
             out.append([n, count_params(layer)[0]])
     except Exception:  # noqa: BLE001 - a member that needs a full transformer simply has no scaling probe
         return None

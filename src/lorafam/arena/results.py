@@ -208,7 +208,7 @@ def collect_meta(device: str = "cpu") -> MetaInfo:
     """Versions and machine facts for ``meta_info`` (cheap; no torch work)."""
     from importlib import metadata
 
-    import lorafam
+    from lorafam._version import __version__
 
     packages: dict[str, str] = {}
     for name in ("torch", "transformers", "peft", "torchao", "safetensors", "numpy"):
@@ -227,7 +227,7 @@ def collect_meta(device: str = "cpu") -> MetaInfo:
         ram = 0.0
     status = _git("status", "--porcelain", "--untracked-files=no")
     return MetaInfo(
-        lorafam_version=lorafam.__version__,
+        lorafam_version=__version__,
         git_commit=_git("rev-parse", "HEAD"),
         git_dirty=bool(status),
         packages=packages,

@@ -84,6 +84,13 @@ def set_base_weight(layer: nn.Module, new: Tensor) -> None:
         w.copy_(new.to(device=w.device, dtype=w.dtype))
 
 
+def set_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    """Put ``new`` at the dotted module ``path`` of ``model``, in place of what is there."""
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, child, new)
+
+
 def base_bias(layer: nn.Module) -> Tensor | None:
     return getattr(layer, "bias", None)
 

@@ -23,11 +23,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lorafam.core.adapter import AdaptedLayer, Conv1D
+from lorafam.core.adapter import AdaptedLayer, Conv1D, set_module
 from lorafam.core.config import AdapterConfig
 from lorafam.core.inject import adapted_layers, attach, configs
 from lorafam.core.record import RECORD_ATTR, ensure_record, record
-from lorafam.core.saved_modules import SavedModule, copies_state, load_copies, saved_modules
+from lorafam.core.saved_modules import (
+    SavedModule,
+    copies_state,
+    embedding_and_norm_params,
+    load_copies,
+    saved_modules,
+)
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -35,7 +41,7 @@ PREFIX = "base_model.model."
 SHAPES_KEY = "lorafam_layer_shapes"  # safetensors metadata: {module path: [out, in]} (PEFT ignores it)
 
 # Keys PEFT writes that we either use, or can ignore without changing the adapter's outputs *at the values
-# checked in* ``_UNFAITHFUL`` / ``lorafam.methods.lora.peft_init`` (each key audited against PEFT 0.21.2):
+# checked in* ``_UNFAITHFUL`` / the member's ``check_peft`` (LoRA: ``lorafam.methods.lora.peft_init``) (each key audited against PEFT 0.21.2):
 # - used: peft_type, target_modules, exclude_modules, layers_to_transform, layers_pattern (the modules to adapt:
 #   the file's own tensors name them), r, lora_alpha, lora_dropout, use_rslora, use_dora, rank_pattern,
 #   alpha_pattern, modules_to_save, alora_invocation_tokens, init_lora_weights (see ``peft_init``);
@@ -122,10 +128,6 @@ def _refuse_unfaithful(d: dict[str, Any], source: str) -> None:
             f"{source}: ensure_weight_tying=True with modules_to_save={d['modules_to_save']!r} is not supported "
             "(PEFT then shares one trained copy between tied modules; lorafam gives each its own copy)"
         )
-    if d.get("peft_type") == "LORA":
-        from lorafam.methods.lora import peft_init
-
-        peft_init(d.get("init_lora_weights", True), source)
 
 
 def current_umask() -> int:
@@ -281,6 +283,7 @@ def config_from_peft(d: dict[str, Any], source: str = "adapter_config.json") -> 
                 raise ValueError(f"{source}: 'target_modules' is missing")
             if isinstance(targets, (list, set, tuple)):
                 targets = sorted(targets)
+            cls.check_peft(d, source)
             config = cls.from_peft(d, targets)
             if d.get("modules_to_save"):
                 config.modules_to_save = sorted(d["modules_to_save"])
@@ -404,7 +407,7 @@ class _ModelSnapshot:
         self.extra = {id(p): p.detach().clone() for p in self.extra_params}
 
     def restore(self, model: nn.Module, config: AdapterConfig, name: str) -> None:
-        from lorafam.core.inject import _set_module, configs
+        from lorafam.core.inject import configs
         from lorafam.family import spec_for_config
 
         if name in configs(model) and configs(model)[name] is config:
@@ -418,7 +421,7 @@ class _ModelSnapshot:
             except AttributeError:  # inside a module that the restore already put back
                 continue
             if current is not module:
-                _set_module(model, path, module)
+                set_module(model, path, module)
             if id(module) in self.copy_lists:
                 active, names = self.copy_lists[id(module)]
                 for extra in [n for n in module.copies if n not in names]:
@@ -454,8 +457,6 @@ _ROTARY_ATTRS = ("inv_freq", "original_inv_freq", "rope_type", "attention_scalin
 
 def _in_place_loaded_params(model: nn.Module) -> list[nn.Parameter]:
     """Parameters outside adapters that a load may overwrite in place (embeddings and norms; small)."""
-    from lorafam.methods.longlora import embedding_and_norm_params
-
     try:
         return list(embedding_and_norm_params(model).values())
     except ValueError:

@@ -134,6 +134,12 @@ class AdapterConfig:
         """Build the config from a PEFT dict that :meth:`accepts_peft` accepted (``targets`` already resolved)."""
         raise NotImplementedError(f"{cls.__name__} cannot be read from a PEFT config")
 
+    @classmethod
+    def check_peft(cls, d: dict[str, Any], source: str) -> None:
+        """Refuse a PEFT dict that :meth:`accepts_peft` accepted but whose outputs this member cannot reproduce
+        (LoRA: an ``init_lora_weights`` that rewrites the base in a way the file does not hold); raise
+        ``ValueError`` starting with ``source``. Called before :meth:`from_peft`. Default: nothing to refuse."""
+
     def check_load(self, d: dict[str, Any], state: dict[str, Any]) -> None:
         """Check a file's tensors against this config before any module is built (AdaLoRA: each ``lora_E``'s rank
         against ``rank_pattern``); raise ``ValueError`` naming the tensor. Default: nothing to check."""

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorafam.core.adapter import AdaptedLayer, Adapter, Conv1D, base_shape, is_quantized
+from lorafam.core.adapter import AdaptedLayer, Adapter, Conv1D, base_shape, is_quantized, set_module
 from lorafam.core.config import AdapterConfig
 from lorafam.core.record import Entry, drop_if_empty, ensure_record, record
 from lorafam.core.saved_modules import SavedModule, attach_copies, detach_copies, saved_modules
@@ -67,12 +67,6 @@ def match_targets(names: list[str], targets: list[str] | str, exclude: list[str]
     return picked
 
 
-def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, child = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, child, new)
-
-
 def configs(model: nn.Module) -> dict[str, AdapterConfig]:
     """Adapter name → config for every adapter attached to ``model`` (in attach order)."""
     rec = record(model)
@@ -124,7 +118,7 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
                     base = quantize_base(base, compute_dtype=config.compute_dtype)
                     quantized_now = True
                 layer = AdaptedLayer(base)
-                _set_module(model, path, layer)
+                set_module(model, path, layer)
             done.append((path, found, layer))
             layer.add_adapter(name, _build_on(layer, adapter_cls, config, path))
     except Exception:  # leave the model as it was: no half-attached adapter
@@ -132,7 +126,7 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
             if name in layer.adapters:
                 layer.remove_adapter(name)
             if layer is not found:
-                _set_module(model, path, found)
+                set_module(model, path, found)
         raise
     if config.quantize == "nf4":  # QLoRA quantises the whole base, whatever the adapter targets
         quantized_now = _quantize_rest(model, config.compute_dtype) or quantized_now
@@ -180,7 +174,7 @@ def _quantize_rest(model: nn.Module, compute_dtype: str) -> bool:
     for path, layer in adaptable_layers(model).items():
         if isinstance(layer, AdaptedLayer) or is_quantized(layer):
             continue
-        _set_module(model, path, quantize_base(layer, compute_dtype=compute_dtype))
+        set_module(model, path, quantize_base(layer, compute_dtype=compute_dtype))
         changed = True
     return changed
 
@@ -296,16 +290,16 @@ def merge_and_unload(model: nn.Module, progress: bool = False) -> nn.Module:
             dequantised = True
         layer.unmerge()
         layer.merge()
-        _set_module(model, path, base)
+        set_module(model, path, base)
     for path, module in list(adaptable_layers(model).items()):  # the rest of a QLoRA base (never adapted)
         if is_quantized(module) and hasattr(module, "to_float_linear"):
-            _set_module(model, path, module.to_float_linear())
+            set_module(model, path, module.to_float_linear())
             dequantised = True
     for path, wrapper in list(saved_modules(model)):  # the trained copy in use replaces the module (as PEFT)
         chosen = wrapper.in_use()
         for p in chosen.parameters():
             p.requires_grad_(False)
-        _set_module(model, path, chosen)
+        set_module(model, path, chosen)
     rec = record(model)
     for name, cfg in cfgs.items():
         spec_for_config(cfg).adapter_cls.on_detach(model, cfg, name)
@@ -346,7 +340,7 @@ def detach(model: nn.Module, name: str) -> nn.Module:
         if name in layer.adapters:
             layer.remove_adapter(name)
             if not layer.adapters:
-                _set_module(model, path, layer.base_layer)
+                set_module(model, path, layer.base_layer)
     detach_copies(model, name)
     drop_if_empty(model)
     return model
@@ -358,7 +352,7 @@ def unload(model: nn.Module) -> nn.Module:
         detach(model, name)
     for path, layer in list(adapted_layers(model)):  # layers left without a config (a failed attach)
         layer.unmerge()
-        _set_module(model, path, layer.base_layer)
+        set_module(model, path, layer.base_layer)
     return model
 
 

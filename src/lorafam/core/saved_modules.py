@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lorafam.core.adapter import set_module
+
 
 class SavedModule(nn.Module):
     """A module plus per-adapter trainable copies of it (PEFT's ``ModulesToSaveWrapper``)."""
@@ -99,8 +101,6 @@ def attach_copies(model: nn.Module, names: list[str], adapter: str) -> list[str]
     Raises:
         ValueError: a name selects no module (the message lists the model's module names that end alike).
     """
-    from lorafam.core.inject import _set_module
-
     paths = match_modules(model, names)
     for n in names:
         if not any(p == n or p.endswith("." + n) for p in paths):
@@ -113,19 +113,17 @@ def attach_copies(model: nn.Module, names: list[str], adapter: str) -> list[str]
         module = model.get_submodule(path)
         if not isinstance(module, SavedModule):
             module = SavedModule(module)
-            _set_module(model, path, module)
+            set_module(model, path, module)
         module.add_copy(adapter)
     return paths
 
 
 def detach_copies(model: nn.Module, adapter: str) -> None:
     """Remove ``adapter``'s copies; a wrapper left with none gives its place back to the original module."""
-    from lorafam.core.inject import _set_module
-
     for path, module in list(saved_modules(model)):
         module.remove_copy(adapter)
         if not module.copies:
-            _set_module(model, path, module.original_module)
+            set_module(model, path, module.original_module)
 
 
 def copies_state(model: nn.Module, adapter: str) -> dict[str, Tensor]:
@@ -158,3 +156,31 @@ def load_copies(model: nn.Module, adapter: str, state: dict[str, Tensor], prefix
         with torch.no_grad():
             p.copy_(src.to(dtype=p.dtype, device=p.device))
     return rest
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)) or type(module).__name__.endswith(
+        ("RMSNorm", "LayerNorm")
+    )
+
+
+def embedding_and_norm_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameter key → parameter for every embedding and normalisation layer (tied weights listed once).
+
+    Selected by module type (``nn.Embedding``, ``nn.LayerNorm``, ``*RMSNorm``…), never by parameter name.
+    """
+    found: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()
+    copied = [p for p, m in model.named_modules() if isinstance(m, SavedModule)]
+    for path, module in model.named_modules():
+        if any(path.startswith(c + ".") for c in copied):
+            continue  # listed in modules_to_save: it trains as the adapter's copy, not in place
+        if isinstance(module, nn.Embedding) or _is_norm(module):
+            for pname, p in module.named_parameters(recurse=False):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    found[f"{path}.{pname}" if path else pname] = p
+    if not found:
+        raise ValueError(f"{type(model).__name__}: no embedding or normalisation layers found to train")
+    return found

@@ -31,6 +31,7 @@ from lorafam.attention import s2attn
 from lorafam.core.config import AdapterConfig
 from lorafam.core.record import Undo
 from lorafam.core.record import entry as record_entry
+from lorafam.core.saved_modules import embedding_and_norm_params
 from lorafam.methods.lora import LoraAdapter, LoraConfig
 
 
@@ -104,35 +105,6 @@ class LongLoraAdapter(LoraAdapter):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)) or type(module).__name__.endswith(
-        ("RMSNorm", "LayerNorm")
-    )
-
-
-def embedding_and_norm_params(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Parameter key → parameter for every embedding and normalisation layer (tied weights listed once).
-
-    Selected by module type (``nn.Embedding``, ``nn.LayerNorm``, ``*RMSNorm``…), never by parameter name.
-    """
-    from lorafam.core.saved_modules import SavedModule
-
-    found: dict[str, nn.Parameter] = {}
-    seen: set[int] = set()
-    copied = [p for p, m in model.named_modules() if isinstance(m, SavedModule)]
-    for path, module in model.named_modules():
-        if any(path.startswith(c + ".") for c in copied):
-            continue  # listed in modules_to_save: it trains as the adapter's copy, not in place
-        if isinstance(module, nn.Embedding) or _is_norm(module):
-            for pname, p in module.named_parameters(recurse=False):
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    found[f"{path}.{pname}" if path else pname] = p
-    if not found:
-        raise ValueError(f"{type(model).__name__}: no embedding or normalisation layers found to train")
-    return found
-
-
 def tied_head_alias(model: nn.Module, trained: dict[str, nn.Parameter]) -> dict[str, nn.Parameter]:
     """{file key: weight} of an output head that shares its weight with a trained embedding, else {}.
 

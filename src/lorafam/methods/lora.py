@@ -157,6 +157,10 @@ class LoraConfig(AdapterConfig):
         )
 
     @classmethod
+    def check_peft(cls, d: dict[str, Any], source: str) -> None:
+        peft_init(d.get("init_lora_weights", True), source)
+
+    @classmethod
     def from_peft(cls, d: dict[str, Any], targets: Any) -> LoraConfig:
         return cls(targets=targets, **cls.peft_kwargs(d))
 

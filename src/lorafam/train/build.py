@@ -7,8 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from lorafam.core.checkpoint import load_adapter
 from lorafam.core.config import AdapterConfig
+from lorafam.core.inject import attach, merge_and_unload
 from lorafam.helpers import check_keys
+from lorafam.models import load_model, load_tokenizer
 from lorafam.train.config import ConfigError, TrainConfig
 
 
@@ -122,22 +125,19 @@ def freeze_for_training(model: nn.Module, cfg: TrainConfig) -> None:
 def _load_adapters(model: nn.Module, cfg: TrainConfig) -> None:
     """``adapter_name_or_path``: every adapter but the last is merged into the base (LLaMA-Factory's rule); the
     last one is loaded trainable and training continues from it (its own config decides rank, targets...)."""
-    import lorafam as lf
-
     *merged, last = cfg.adapter_name_or_path
     for path in merged:
-        lf.load_adapter(model, path, name="merged")
-        lf.merge_and_unload(model)
-    lf.load_adapter(model, last, trainable=True)
+        load_adapter(model, path, name="merged")
+        merge_and_unload(model)
+    load_adapter(model, last, trainable=True)
 
 
 def build_model(cfg: TrainConfig, device: torch.device | str | None = None) -> tuple[nn.Module, Any]:
     """Load the base model and tokenizer, attach the member's adapter (trainable) or continue from
     ``adapter_name_or_path``, or unfreeze the base (``method: full`` / ``freeze``); apply bf16/checkpointing."""
-    import lorafam as lf
     from lorafam.core.precision import cast_frozen
 
-    tok = lf.load_tokenizer(cfg.model_name_or_path)
+    tok = load_tokenizer(cfg.model_name_or_path)
     acfg = None
     if cfg.is_adapter_method and not cfg.adapter_name_or_path:
         acfg = adapter_config(cfg)
@@ -145,9 +145,9 @@ def build_model(cfg: TrainConfig, device: torch.device | str | None = None) -> t
             acfg = acfg.resolve(tok)
         except ValueError as exc:
             raise ConfigError(f"method_args: {exc}") from exc
-    model = lf.load_model(cfg.model_name_or_path, device=device)
+    model = load_model(cfg.model_name_or_path, device=device)
     if acfg is not None:
-        lf.attach(model, acfg)
+        attach(model, acfg)
     elif cfg.adapter_name_or_path:
         try:
             _load_adapters(model, cfg)

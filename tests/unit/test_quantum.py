@@ -10,7 +10,7 @@ from torch import nn
 
 import lorafam as lf
 from lorafam.core.inject import adapted_layers
-from lorafam.methods.pauli import PauliCircuit, n_angles
+from lorafam.methods.quantum_circuit import PauliCircuit, n_angles
 from tests.conftest import perturb_adapters
 from tests.reference.quantum_ref import circuit_matrix, n_params, quantum_delta
 

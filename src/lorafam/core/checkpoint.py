@@ -8,12 +8,8 @@ Reading accepts directories PEFT wrote; unknown config keys are ignored with a w
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,25 +19,23 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lorafam.core.adapter import AdaptedLayer, Conv1D, set_module
 from lorafam.core.config import AdapterConfig
+from lorafam.core.files import atomic_write_dir, atomic_write_text, current_umask
 from lorafam.core.inject import adapted_layers, attach, configs
-from lorafam.core.record import RECORD_ATTR, ensure_record, record
-from lorafam.core.saved_modules import (
-    SavedModule,
-    copies_state,
-    embedding_and_norm_params,
-    load_copies,
-    saved_modules,
-)
+from lorafam.core.record import record
+from lorafam.core.saved_modules import copies_state, load_copies
+from lorafam.core.snapshot import ModelSnapshot
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+__all__ = ["atomic_write_dir", "atomic_write_text", "current_umask", "load_adapter", "save_adapter"]
+
 PREFIX = "base_model.model."
 SHAPES_KEY = "lorafam_layer_shapes"  # safetensors metadata: {module path: [out, in]} (PEFT ignores it)
 
 # Keys PEFT writes that we either use, or can ignore without changing the adapter's outputs *at the values
-# checked in* ``_UNFAITHFUL`` / the member's ``check_peft`` (LoRA: ``lorafam.methods.lora.peft_init``) (each key audited against PEFT 0.21.2):
+# checked in* ``_UNFAITHFUL`` / the member's ``check_peft`` (LoRA: ``methods.lora.peft_init``; each key audited
+# against PEFT 0.21.2):
 # - used: peft_type, target_modules, exclude_modules, layers_to_transform, layers_pattern (the modules to adapt:
 #   the file's own tensors name them), r, lora_alpha, lora_dropout, use_rslora, use_dora, rank_pattern,
 #   alpha_pattern, modules_to_save, alora_invocation_tokens, init_lora_weights (see ``peft_init``);
@@ -128,51 +122,6 @@ def _refuse_unfaithful(d: dict[str, Any], source: str) -> None:
             f"{source}: ensure_weight_tying=True with modules_to_save={d['modules_to_save']!r} is not supported "
             "(PEFT then shares one trained copy between tied modules; lorafam gives each its own copy)"
         )
-
-
-def current_umask() -> int:
-    """The process umask (read without changing it for longer than the call)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write text atomically (temporary file, fsync, rename), with the permissions a plain ``open`` would give."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; results and reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_dir(final: Path, write: Any) -> None:
-    """Call ``write(tmpdir)`` then move the finished directory to ``final`` (replacing an old one)."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; an adapter folder is meant to be shared
-        old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _targets_for_file(model: nn.Module, name: str) -> list[str] | str:
@@ -350,7 +299,7 @@ def load_adapter(
     if "lorafam_config" not in d and (d.get("exclude_modules") or d.get("layers_to_transform") is not None):
         config.targets = _targets_in_state(state)  # PEFT adapted exactly the modules the file has tensors for
     rewrites = getattr(config, "init", None) in ("pissa", "olora")
-    before = _ModelSnapshot(
+    before = ModelSnapshot(
         model, in_place=getattr(config, "trainable_embeddings_and_norms", False), base_weights=rewrites
     )
     try:
@@ -362,105 +311,6 @@ def load_adapter(
         before.restore(model, config, name)  # the adapters already attached stay, untouched
         raise
     return model
-
-
-class _ModelSnapshot:
-    """What ``attach`` + loading may change on a model, kept so that a failed load can put it all back.
-
-    Held references, not copies: the modules at every adaptable path (a quantised load replaces them, the
-    float originals stay alive here until the load succeeds), the adapter lists of layers already adapted,
-    the model record's entries, every parameter's ``requires_grad`` and every module's training flag,
-    and the rotary-embedding state that LongLoRA's position interpolation rewrites. Tensors that a load writes
-    into in place (LongLoRA's embeddings and norms) are copied, only when the file's member does that.
-    """
-
-    def __init__(self, model: nn.Module, in_place: bool = False, base_weights: bool = False) -> None:
-        from lorafam.core.inject import adaptable_layers
-
-        self.modules: dict[str, nn.Module]
-        self.modules = dict(adaptable_layers(model))
-        self.modules.update(saved_modules(model))
-        self.modules.update((p, m) for p, m in model.named_modules() if p)  # modules_to_save may wrap any
-        self.layer_lists = {
-            id(layer): (list(layer.active), list(layer.merged), list(layer.adapters))
-            for layer in self.modules.values()
-            if isinstance(layer, AdaptedLayer)
-        }
-        self.copy_lists = {
-            id(w): (list(w.active), list(w.copies)) for w in self.modules.values() if isinstance(w, SavedModule)
-        }
-        rec = record(model)
-        self.entries = dict(rec.entries) if rec is not None else None  # the model record's entries
-        self.grad = [(p, p.requires_grad) for p in model.parameters()]
-        self.training = [(m, m.training) for m in model.modules()]
-        self.rope = copy.deepcopy(getattr(getattr(model, "config", None), "rope_parameters", None))
-        self.rotary = [
-            (m, {k: getattr(m, k) for k in _ROTARY_ATTRS if hasattr(m, k)})
-            for m in model.modules()
-            if hasattr(m, "inv_freq") and hasattr(m, "rope_type")
-        ]
-        self.extra_params = _in_place_loaded_params(model) if in_place else []
-        if base_weights:  # PiSSA/OLoRA rewrite the base weights of the layers they adapt
-            self.extra_params += [
-                p for m in self.modules.values() if isinstance(m, (nn.Linear, Conv1D)) for p in m.parameters()
-            ]
-        self.extra = {id(p): p.detach().clone() for p in self.extra_params}
-
-    def restore(self, model: nn.Module, config: AdapterConfig, name: str) -> None:
-        from lorafam.core.inject import configs
-        from lorafam.family import spec_for_config
-
-        if name in configs(model) and configs(model)[name] is config:
-            with contextlib.suppress(Exception):  # a half-attached adapter; the restore below still runs
-                spec_for_config(config).adapter_cls.on_detach(model, config, name)
-            with contextlib.suppress(Exception):
-                record(model).detach(name)  # type: ignore[union-attr]  # its hooks
-        for path, module in self.modules.items():
-            try:
-                current = model.get_submodule(path)
-            except AttributeError:  # inside a module that the restore already put back
-                continue
-            if current is not module:
-                set_module(model, path, module)
-            if id(module) in self.copy_lists:
-                active, names = self.copy_lists[id(module)]
-                for extra in [n for n in module.copies if n not in names]:
-                    del module.copies[extra]
-                module.active = active
-            if id(module) in self.layer_lists:
-                active, merged, names = self.layer_lists[id(module)]
-                for extra in [n for n in module.adapters if n not in names]:
-                    del module.adapters[extra]
-                module.active, module.merged = active, merged
-        if self.entries is None:
-            if record(model) is not None:
-                object.__delattr__(model, RECORD_ATTR)
-        else:
-            ensure_record(model).entries = dict(self.entries)
-        for p, flag in self.grad:
-            p.requires_grad_(flag)
-        for m, flag in self.training:
-            m.training = flag
-        if self.rope is not None:
-            model.config.rope_parameters = self.rope
-        for m, attrs in self.rotary:
-            for k, v in attrs.items():
-                setattr(m, k, v)
-        with torch.no_grad():
-            for p in self.extra_params:
-                if p.shape == self.extra[id(p)].shape:
-                    p.copy_(self.extra[id(p)])
-
-
-_ROTARY_ATTRS = ("inv_freq", "original_inv_freq", "rope_type", "attention_scaling")
-
-
-def _in_place_loaded_params(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters outside adapters that a load may overwrite in place (embeddings and norms; small)."""
-    try:
-        return list(embedding_and_norm_params(model).values())
-    except ValueError:
-        return []
 
 
 def _targets_in_state(state: dict[str, torch.Tensor]) -> str:

@@ -1,82 +1,18 @@
-"""Injection: find target layers, wrap them, freeze the rest; merge, unmerge, unload, disable."""
+"""Injection: wrap the target layers, freeze the rest; merge, unmerge, detach, unload (lookups in ``core.lookup``,
+on/off switches in ``core.switches``)."""
 
 from __future__ import annotations
 
-import contextlib
-import re
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import nn
 
-from lorafam.core.adapter import AdaptedLayer, Adapter, Conv1D, base_shape, is_quantized, set_module
+from lorafam.core.adapter import AdaptedLayer, Adapter, base_shape, is_quantized, set_module
 from lorafam.core.config import AdapterConfig
+from lorafam.core.lookup import adaptable_layers, adapted_layers, configs, match_targets
 from lorafam.core.record import Entry, drop_if_empty, ensure_record, record
-from lorafam.core.saved_modules import SavedModule, attach_copies, detach_copies, saved_modules
-
-
-# ---------------------------------------------------------------------------------------------------------------
-def _output_head_names(model: nn.Module) -> set[str]:
-    names: set[str] = set()
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    for name, module in model.named_modules():
-        if head is not None and module is head or name.split(".")[-1] in ("lm_head", "score", "classifier"):
-            names.add(name)
-    return names
-
-
-def adaptable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every layer an adapter can sit on: Linear, GPT-2 Conv1D, quantised linears, already-adapted layers.
-
-    The output head is excluded. Paths are the user-visible module paths (an adapted layer's own path, not its
-    ``base_layer`` child).
-    """
-    heads = _output_head_names(model)
-    found: dict[str, nn.Module] = {}
-    skip_prefixes: list[str] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(p) for p in skip_prefixes):
-            continue
-        if isinstance(module, AdaptedLayer):
-            found[name] = module
-            skip_prefixes.append(name + ".")
-            continue
-        if isinstance(module, SavedModule):  # a modules_to_save copy is trained whole, never adapted
-            skip_prefixes.append(name + ".")
-            continue
-        if name in heads:
-            continue
-        if isinstance(module, nn.Linear) or (Conv1D and isinstance(module, Conv1D)) or is_quantized(module):
-            found[name] = module
-    return found
-
-
-def match_targets(names: list[str], targets: list[str] | str, exclude: list[str] | None = None) -> list[str]:
-    """PEFT's rule: a list entry matches a name equal to it or ending with ".entry"; a string is a full regex;
-    "all-linear" matches every adaptable layer."""
-    if targets == "all-linear":
-        picked = list(names)
-    elif isinstance(targets, str):
-        pattern = re.compile(targets)
-        picked = [n for n in names if pattern.fullmatch(n)]
-    else:
-        picked = [n for n in names if any(n == t or n.endswith("." + t) for t in targets)]
-    if exclude:
-        picked = [n for n in picked if not any(n == e or n.endswith("." + e) for e in exclude)]
-    return picked
-
-
-def configs(model: nn.Module) -> dict[str, AdapterConfig]:
-    """Adapter name → config for every adapter attached to ``model`` (in attach order)."""
-    rec = record(model)
-    return rec.configs() if rec is not None else {}
-
-
-def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLayer]]:
-    for name, module in model.named_modules():
-        if isinstance(module, AdaptedLayer):
-            yield name, module
+from lorafam.core.saved_modules import attach_copies, detach_copies, saved_modules
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -92,8 +28,7 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
     from lorafam.family import spec_for_config
 
     spec = spec_for_config(config)
-    existing = configs(model)
-    if name in existing:
+    if name in configs(model):
         raise ValueError(f"an adapter named {name!r} is already attached; pick another name")
     layers = adaptable_layers(model)
     picked = match_targets(list(layers), config.targets, config.exclude)
@@ -103,12 +38,38 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
             f"targets={config.targets!r} matched no module of {type(model).__name__}. "
             f"Adaptable module names (suffixes): {', '.join(suffixes)}"
         )
-    adapter_cls = spec.adapter_cls
+    quantized_now = _wrap_and_add(model, {p: layers[p] for p in picked}, spec.adapter_cls, config, name)
+    if config.quantize == "nf4":  # QLoRA quantises the whole base, whatever the adapter targets
+        quantized_now = _quantize_rest(model, config.compute_dtype) or quantized_now
+    if quantized_now:  # drop every reference to the float weights (and the file they were mapped from)
+        from lorafam.quant.nf4 import release_float_weights
+
+        del layers
+        release_float_weights(model)
+    ensure_record(model).entries[name] = Entry(config)
+    try:
+        if config.modules_to_save:
+            attach_copies(model, config.modules_to_save, name)
+        spec.adapter_cls.on_attach(model, config, name)
+    except Exception:
+        detach(model, name)
+        raise
+    if trainable:
+        mark_trainable(model, [name])
+    else:
+        _freeze_for_inference(model, name)
+    return model
+
+
+def _wrap_and_add(
+    model: nn.Module, picked: dict[str, nn.Module], adapter_cls: type[Adapter], config: AdapterConfig, name: str
+) -> bool:
+    """Wrap each picked layer (quantising its base first for QLoRA) and add adapter ``name`` to it; all or
+    nothing: on any error the model is put back as it was. Returns whether a base was quantised."""
     quantized_now = False
     done: list[tuple[str, nn.Module, AdaptedLayer]] = []  # (path, module found there, adapted layer)
     try:
-        for path in picked:
-            found = layers[path]
+        for path, found in picked.items():
             layer = found if isinstance(found, AdaptedLayer) else None
             if layer is None:
                 base = found
@@ -128,40 +89,24 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default", train
             if layer is not found:
                 set_module(model, path, found)
         raise
-    if config.quantize == "nf4":  # QLoRA quantises the whole base, whatever the adapter targets
-        quantized_now = _quantize_rest(model, config.compute_dtype) or quantized_now
-    if quantized_now:  # drop every reference to the float weights (and the file they were mapped from)
-        from lorafam.quant.nf4 import release_float_weights
+    return quantized_now
 
-        del layers
-        release_float_weights(model)
-    ensure_record(model).entries[name] = Entry(config)
-    try:
-        if config.modules_to_save:
-            attach_copies(model, config.modules_to_save, name)
-        adapter_cls.on_attach(model, config, name)
-    except Exception:
-        detach(model, name)
-        raise
-    if trainable:
-        mark_trainable(model, [name])
-    else:  # inference (PEFT's is_trainable=False): base and new adapter frozen, other adapters keep their flags
-        keep = [
-            p for n, p, _, _ in named_adapter_params(model) if p.requires_grad and f".adapters.{name}." not in n
-        ]
-        keep += [
-            p
-            for _, wrapper in saved_modules(model)
-            for other, twin in wrapper.copies.items()
-            if other != name
-            for p in twin.parameters()
-            if p.requires_grad
-        ]
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in keep:
-            p.requires_grad_(True)
-    return model
+
+def _freeze_for_inference(model: nn.Module, name: str) -> None:
+    """PEFT's ``is_trainable=False``: the base and adapter ``name`` frozen, other adapters keep their flags."""
+    keep = [p for n, p, _, _ in named_adapter_params(model) if p.requires_grad and f".adapters.{name}." not in n]
+    keep += [
+        p
+        for _, wrapper in saved_modules(model)
+        for other, twin in wrapper.copies.items()
+        if other != name
+        for p in twin.parameters()
+        if p.requires_grad
+    ]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in keep:
+        p.requires_grad_(True)
 
 
 def _quantize_rest(model: nn.Module, compute_dtype: str) -> bool:
@@ -356,108 +301,32 @@ def unload(model: nn.Module) -> nn.Module:
     return model
 
 
-@contextlib.contextmanager
-def disabled(model: nn.Module) -> Iterator[nn.Module]:
-    """Base behaviour inside the block: adapters off. Merged ones are unmerged for the block and their merged
-    weights put back bit for bit after it (no unmerge/merge rounding cycle, so no drift in bf16)."""
-    layers = [layer for _, layer in adapted_layers(model)]
-    restores = []
-    wrappers: list[SavedModule] = []
-    try:
-        wrappers = [w for _, w in saved_modules(model)]
-        for layer in layers:
-            restores.append(layer.suspend_merged())
-            layer.disabled = True
-        for w in wrappers:
-            w.disabled = True
-        yield model
-    finally:
-        for layer in layers:
-            layer.disabled = False
-        for w in wrappers:
-            w.disabled = False
-        for restore in reversed(restores):
-            restore()
+# Re-exported: the public API (lorafam/__init__.py) and callers import these from here.
+from lorafam.core.switches import (  # noqa: E402
+    active_adapters,
+    count_params,
+    disabled,
+    set_active,
+    trainable_summary,
+)
 
-
-def _check_names(model: nn.Module, names: list[str], where: str) -> None:
-    known = set(configs(model))
-    for n in names:
-        if n not in known:
-            raise ValueError(f"{where}: no adapter named {n!r}; attached: {sorted(known)}")
-
-
-@contextlib.contextmanager
-def active_adapters(model: nn.Module, names: list[str]) -> Iterator[nn.Module]:
-    """Run with only the named adapters active (others kept but skipped). A merged adapter that is not named
-    is unmerged for the block (it would otherwise still apply through the weights) and put back exactly after."""
-    _check_names(model, names, "active_adapters")
-    layers = [layer for _, layer in adapted_layers(model)]
-    layers += [w for _, w in saved_modules(model)]  # type: ignore[misc]
-    saved = [list(layer.active) for layer in layers]
-    restores = []
-    try:
-        for layer in layers:
-            if isinstance(layer, AdaptedLayer):
-                restores.append(layer.suspend_merged(keep=list(names)))
-                layer.active = [n for n in names if n in layer.adapters]
-            else:
-                layer.active = [n for n in names if n in layer.copies]
-        yield model
-    finally:
-        for layer, active in zip(layers, saved):
-            layer.active = active
-        for restore in reversed(restores):
-            restore()
-
-
-def set_active(model: nn.Module, names: list[str]) -> None:
-    """Make only the named adapters active. A merged adapter that is not named is unmerged (with a warning, as
-    PEFT's ``set_adapter`` does): an inactive adapter must not stay applied through the weights."""
-    _check_names(model, names, "set_active")
-    unmerged: set[str] = set()
-    for _, layer in adapted_layers(model):
-        gone = [n for n in layer.merged if n not in names]
-        if gone:
-            unmerged.update(gone)
-            keep = [n for n in layer.merged if n in names]
-            layer.unmerge()
-            layer.merge(keep)
-        layer.active = [n for n in names if n in layer.adapters]
-    for _, wrapper in saved_modules(model):
-        wrapper.active = [n for n in names if n in wrapper.copies]
-    if unmerged:
-        import warnings
-
-        warnings.warn(
-            f"set_active: unmerged {sorted(unmerged)} (merged adapters that are no longer active)", stacklevel=2
-        )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-def count_params(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; quantised weights count as their logical number of elements."""
-    trainable = total = 0
-    seen: set[int] = set()
-    for module in model.modules():
-        if is_quantized(module) and id(module) not in seen:
-            seen.add(id(module))
-            total += module.in_features * module.out_features
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        n = p.numel()
-        total += n
-        if p.requires_grad:
-            trainable += n
-    return trainable, total
-
-
-def trainable_summary(model: nn.Module, printer: Any = print) -> str:
-    """PEFT's line: ``trainable params: X || all params: Y || trainable%: Z``."""
-    trainable, total = count_params(model)
-    line = f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
-    if printer is not None:
-        printer(line)
-    return line
+__all__ = [
+    "active_adapters",
+    "adaptable_layers",
+    "adapted_layers",
+    "attach",
+    "configs",
+    "count_params",
+    "detach",
+    "disabled",
+    "make_adapter",
+    "mark_trainable",
+    "match_targets",
+    "merge",
+    "merge_and_unload",
+    "named_adapter_params",
+    "set_active",
+    "trainable_summary",
+    "unload",
+    "unmerge",
+]

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text")
 _SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",

@@ -13,7 +13,7 @@ U is the first K columns of an N×N orthogonal matrix Q(θ) built from q = ⌈lo
 one layer of RY rotations on every qubit, then L layers of a nearest-neighbour ladder in which each pair (j, j+1)
 gets a CZ entangler followed by an RY on both qubits. Angles per unitary: q + 2L(q−1) = (2L+1)·q − 2L, the count
 reported for the paper's Pauli parameterisation. The gates are applied to the K columns as 2×2 rotations (CZ signs
-folded in) on a (2, …, 2)-reshaped tensor; no N×N matrix is ever formed (``lorafam.methods.pauli``). λ starts at
+folded in) on a (2, …, 2)-reshaped tensor; no N×N matrix is ever formed (``lorafam.methods.quantum_circuit``). λ starts at
 0, so the adapter starts as the identity.
 
 What is the paper's and what is ours (only the abstract and second-hand notes were available — see
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from lorafam.core.adapter import Adapter
 from lorafam.core.config import AdapterConfig
-from lorafam.methods.pauli import CircuitBank, PauliCircuit, n_angles
+from lorafam.methods.quantum_circuit import CircuitBank, PauliCircuit, n_angles
 
 
 @dataclass(kw_only=True)

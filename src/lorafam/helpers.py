@@ -7,9 +7,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 
-def closest(name: str, choices: Iterable[str]) -> str:
-    """A " Did you mean 'x'?" suffix for error messages ('' when nothing is close)."""
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+def closest(name: str, choices: Iterable[str], cutoff: float = 0.5) -> str:
+    """A " Did you mean 'x'?" suffix for error messages ('' when nothing is close: difflib's ratio under
+    ``cutoff``; the trainer's config asks for a near miss, 0.8, so an unrelated key gets no suggestion)."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
     return f" Did you mean {match[0]!r}?" if match else ""
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from lorafam.train.config import SCHEDULERS, ConfigError, make_config, suggest
+from lorafam.helpers import closest
+from lorafam.train.config import SCHEDULERS, ConfigError, make_config
 from lorafam.train.foreign import FOREIGN
+from lorafam.train.keys import NEAR_MISS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,10 +35,10 @@ def test_harmless_llamafactory_keys_are_accepted_with_a_note_each():
 def test_unrelated_keys_get_no_misleading_suggestion():
     # the old cutoff (0.5) suggested lora_rank for flash_attn, seed for deepspeed, base_model for save_only_model
     valid = ["lora_rank", "seed", "base_model", "learning_rate"]
-    assert suggest("flash_attn", valid) == ""
-    assert suggest("deepspeed", valid) == ""
-    assert suggest("save_only_model", valid) == ""
-    assert suggest("lerning_rate", valid) == " Did you mean 'learning_rate'?"
+    assert closest("flash_attn", valid, cutoff=NEAR_MISS) == ""
+    assert closest("deepspeed", valid, cutoff=NEAR_MISS) == ""
+    assert closest("save_only_model", valid, cutoff=NEAR_MISS) == ""
+    assert closest("lerning_rate", valid, cutoff=NEAR_MISS) == " Did you mean 'learning_rate'?"
     with pytest.raises(ConfigError) as info:
         make_config({"flash_atn_mode": "x"})
     assert "Did you mean" not in str(info.value) and "unknown key 'flash_atn_mode'" in str(info.value)

@@ -1,14 +1,13 @@
 """The training configuration: one YAML file with LLaMA-Factory's key names, validated by pydantic.
 
 ``load_config(path, overrides)`` reads the file, applies ``key=value`` overrides (dotted keys reach into
-``method_args``), maps axolotl spellings through :data:`ALIASES`, rejects unknown keys with the closest valid
-name and rejects conflicting keys with a message naming both. Member-specific fields (AdaLoRA's ``init_rank``...)
+``method_args``), maps foreign spellings to ours, rejects unknown keys with the closest valid name and
+rejects conflicting keys with a message naming both (the key layer: :mod:`lorafam.train.keys`). Member-specific fields (AdaLoRA's ``init_rank``...)
 go in ``method_args`` and are checked by the member's own config class, so new members need no change here.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -17,18 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from lorafam.family import MEMBERS, METHODS
-from lorafam.train.foreign import FOREIGN, ForeignKeyError
+from lorafam.helpers import closest, merge_dicts
+from lorafam.train.keys import NEAR_MISS, ConfigError, canonicalise, parse_overrides
 
-# Values of LLaMA-Factory / HF keys that lorafam implements; anything else is refused with the reason.
-_ACCEPTED_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
-    "stage": (("sft", "pt"), "lorafam trains supervised (sft) and plain-text (pt) objectives; DPO, KTO, reward "
-              "models and PPO are not implemented"),
-    "do_train": ((True,), "`lorafam train` always trains; use `lorafam eval` to evaluate only"),
-    "quantization_method": (("bnb", "torchao", "nf4"), "4-bit NF4 is lorafam's own quantiser (no bitsandbytes, "
-                            "HQQ or EETQ); bnb's 4-bit NF4 is the same format"),
-}  # fmt: skip
-_ACCEPTED_NOTES = {"quantization_method": "quantization_method: bitsandbytes is not used; the base is stored in "
-                   "lorafam's own NF4 (QLoRA's format, double-quantised scales)"}  # fmt: skip
 # Every lr_scheduler_type of transformers (transformers.SchedulerType; a test keeps the two lists equal).
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
@@ -42,10 +32,6 @@ REPORT_TO = ("none", "tensorboard")
 
 GENERIC_ADAPTER_KEYS = frozenset({"lora_rank", "lora_alpha", "lora_dropout", "lora_target"})
 """Member-independent adapter keys; unset, each leaves the member's own default in place (train/build.py)."""
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key."""
 
 
 class TrainConfig(BaseModel):
@@ -184,16 +170,18 @@ class TrainConfig(BaseModel):
                 if any(t in v for t in ("8bit", "bnb", "paged", "galore", "lion", "lomo", "apollo", "ademamix"))
                 else ""
             )
-            raise ValueError(f"optim={v!r} is not supported here{why}.{suggest(v, OPTIMIZERS)} "
-                             f"Supported: {', '.join(OPTIMIZERS)}")  # fmt: skip
+            near = closest(v, OPTIMIZERS, cutoff=NEAR_MISS)
+            raise ValueError(f"optim={v!r} is not supported here{why}.{near} Supported: {', '.join(OPTIMIZERS)}")
         return v
 
     @field_validator("lr_scheduler_type")
     @classmethod
     def _scheduler(cls, v: str) -> str:
         if v not in SCHEDULERS:
-            raise ValueError(f"lr_scheduler_type={v!r} is not a transformers scheduler.{suggest(v, SCHEDULERS)} "
-                             f"Valid: {', '.join(SCHEDULERS)}")  # fmt: skip
+            near = closest(v, SCHEDULERS, cutoff=NEAR_MISS)
+            raise ValueError(
+                f"lr_scheduler_type={v!r} is not a transformers scheduler.{near} Valid: {', '.join(SCHEDULERS)}"
+            )
         return v
 
     @field_validator("dataset", mode="before")
@@ -216,7 +204,9 @@ class TrainConfig(BaseModel):
 
         if v not in MEMBERS and v not in FULL_METHODS:
             valid = [*MEMBERS, *FULL_METHODS]
-            raise ValueError(f"unknown member {v!r}.{suggest(v, valid)} Valid: {', '.join(valid)}")
+            raise ValueError(
+                f"unknown member {v!r}.{closest(v, valid, cutoff=NEAR_MISS)} Valid: {', '.join(valid)}"
+            )
         return v
 
     @model_validator(mode="after")
@@ -292,107 +282,6 @@ class TrainConfig(BaseModel):
 
 
 # -- loading -----------------------------------------------------------------------------------------------------
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["a=1", "method_args.init_rank=12"]`` → ``{"a": 1, "method_args": {"init_rank": 12}}`` (YAML values)."""
-    out: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key=value")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a mapping")
-        node[parts[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def suggest(name: str, choices: Any) -> str:
-    """A "did you mean" suffix, only for a near miss (a typo), never for an unrelated key ('' otherwise).
-
-    difflib's ratio must reach 0.8: ``lerning_rate`` → ``learning_rate`` (0.96) is suggested, ``flash_attn`` →
-    ``lora_rank`` (0.53) and ``deepspeed`` → ``seed`` (0.62) are not.
-    """
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.8)
-    return f" Did you mean {match[0]!r}?" if match else ""
-
-
-def canonicalise(raw: dict[str, Any], source: str = "config", notes: list[str] | None = None) -> dict[str, Any]:
-    """Map foreign keys (:data:`lorafam.train.foreign.FOREIGN`) to ours; unknown keys raise with a near miss.
-
-    ``notes`` (when given) receives one line per accepted key that changes nothing here.
-    """
-
-    notes = notes if notes is not None else []
-    valid = list(TrainConfig.model_fields)
-    out: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    for key, value in raw.items():
-        if key in _ACCEPTED_FIXED:
-            allowed, why = _ACCEPTED_FIXED[key]
-            if value not in allowed:
-                choices = ", ".join(map(str, allowed))
-                raise ConfigError(f"{source}: {key}={value!r} is not supported here (supported: {choices}): {why}")
-            if key in _ACCEPTED_NOTES and value == "bnb":
-                notes.append(_ACCEPTED_NOTES[key])
-            continue
-        if key == "adapter":
-            continue
-        if key in valid:
-            updates = {key: value}
-        elif key in FOREIGN:
-            try:
-                updates, note = FOREIGN[key].translate(key, value)
-            except ForeignKeyError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
-            if note:
-                notes.append(note)
-        else:
-            raise ConfigError(
-                f"{source}: unknown key {key!r}.{suggest(key, valid + list(FOREIGN))} "
-                f"Valid keys: {', '.join(valid)}. Keys of LLaMA-Factory, HF TrainingArguments and axolotl that "
-                "are accepted are listed in docs/trainer.md"
-            )
-        for name, v in updates.items():
-            if name in out and out[name] != v:
-                raise ConfigError(
-                    f"{source}: {origin[name]!r} and {key!r} are the same setting with different values"
-                )
-            out[name] = v
-            origin[name] = key
-    adapter = raw.get("adapter")
-    if adapter is not None:
-        if adapter not in ("lora", "qlora"):
-            raise ConfigError(f"{source}: adapter={adapter!r}; expected 'lora' or 'qlora'")
-        if adapter == "qlora":
-            bit = out.get("quantization_bit")
-            if bit not in (None, 4):
-                raise ConfigError(
-                    f"{source}: 'adapter: qlora' needs 4-bit NF4 but 'quantization_bit' is {bit}; "
-                    "remove quantization_bit or set it to 4"
-                )
-            out["quantization_bit"] = 4
-            if "qlora" in MEMBERS and out.get("method", "lora") == "lora":
-                out["method"] = "qlora"
-    return out
-
-
 def _format_validation(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
@@ -407,9 +296,10 @@ def make_config(
 ) -> TrainConfig:
     """Validate a dict into a :class:`TrainConfig`; ``overrides`` (also aliased) win over ``raw``."""
     notes: list[str] = []
-    merged = canonicalise(raw, source, notes)
+    valid = list(TrainConfig.model_fields)
+    merged = canonicalise(raw, valid, source, notes)
     if overrides:
-        merged = _merge(merged, canonicalise(overrides, "overrides", notes))
+        merged = merge_dicts(merged, canonicalise(overrides, valid, "overrides", notes))
     try:
         cfg = TrainConfig(**merged)
     except ValidationError as exc:

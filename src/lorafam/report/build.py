@@ -17,8 +17,9 @@ from lorafam.core.checkpoint import atomic_write_text
 from lorafam.report import claims as C
 from lorafam.report import plots
 from lorafam.report.article import TONES, build_article
-from lorafam.report.blocks import build_blocks, league
+from lorafam.report.blocks import build_blocks
 from lorafam.report.data import ReportData, load
+from lorafam.report.league import league
 from lorafam.report.render import to_html, to_markdown
 from lorafam.report.sources import DRAFT_NUMBERS, SOURCES
 from lorafam.report.text import UI, series_name

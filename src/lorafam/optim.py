@@ -11,12 +11,12 @@ Groups are built from each adapter's ``param_roles()`` — never from parameter-
 | ``b``                       | lr · ratio                   | weight_decay |
 | ``magnitude`` (DoRA's m)    | lr · ratio  (as PEFT does)   | weight_decay (PEFT's ``loraplus_weight_decay``) |
 | other 1-D params            | lr · ratio  (as PEFT does)   | 0            |
-| ``embedding``               | loraplus_lr_embedding        | weight_decay |
 
 PEFT's ``create_loraplus_optimizer`` decays every parameter that is not a bias or inside a LayerNorm, so DoRA's
 magnitude vector (1-D, neither) is decayed there too. Without a ratio every trainable parameter gets ``lr``
 (1-D parameters skip weight decay). A ratio on a model with no ``b`` factor (Quantum-PEFT) is refused: it would
-change nothing.
+change nothing. PEFT's separate rate for embedding adapters (``loraplus_lr_embedding``) has no counterpart: no
+member here adapts an embedding layer.
 """
 
 from __future__ import annotations
@@ -30,14 +30,12 @@ from lorafam.core.inject import named_adapter_params
 
 _B_ROLES = {"b"}
 _ONE_D_ROLES = {"magnitude"}
-_EMBEDDING_ROLES = {"embedding_a", "embedding_b", "embedding"}
 
 
 def param_groups(
     model: nn.Module,
     lr: float,
     loraplus_ratio: float | None = None,
-    loraplus_lr_embedding: float = 1e-6,
     weight_decay: float = 0.0,
 ) -> list[dict]:
     """Optimizer parameter groups (each carries a ``name`` for logs and tests)."""
@@ -51,11 +49,6 @@ def param_groups(
         "b": {"params": [], "lr": lr * ratio, "weight_decay": weight_decay},
         "b_no_decay": {"params": [], "lr": lr * ratio, "weight_decay": 0.0},
         "no_decay": {"params": [], "lr": lr, "weight_decay": 0.0},
-        "embedding": {
-            "params": [],
-            "lr": loraplus_lr_embedding if loraplus_ratio is not None else lr,
-            "weight_decay": weight_decay,
-        },
     }
     seen: set[int] = set()
     for _, p, role, _ in named_adapter_params(model):
@@ -66,8 +59,6 @@ def param_groups(
             groups["b"]["params"].append(p)
         elif role in _ONE_D_ROLES or p.ndim < 2:
             groups["b_no_decay" if loraplus_ratio is not None else "no_decay"]["params"].append(p)
-        elif role in _EMBEDDING_ROLES:
-            groups["embedding"]["params"].append(p)
         else:
             groups["a"]["params"].append(p)
     # trainable parameters outside adapters (e.g. LongLoRA's embeddings and norms)
@@ -91,14 +82,13 @@ def make_optimizer(
     model: nn.Module,
     lr: float = 2e-4,
     loraplus_ratio: float | None = None,
-    loraplus_lr_embedding: float = 1e-6,
     weight_decay: float = 0.0,
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
 ) -> torch.optim.Optimizer:
     """The optimizer for a model's trainable parameters; LoRA+ groups when ``loraplus_ratio`` is given."""
-    groups = param_groups(model, lr, loraplus_ratio, loraplus_lr_embedding, weight_decay)
+    groups = param_groups(model, lr, loraplus_ratio, weight_decay)
     if optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     if optimizer == "adam":

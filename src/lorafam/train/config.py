@@ -53,7 +53,6 @@ class TrainConfig(BaseModel):
     use_rslora: bool = False
     use_dora: bool = False
     loraplus_lr_ratio: float | None = Field(None, gt=0)
-    loraplus_lr_embedding: float = 1e-6
     additional_target: list[str] = Field(default_factory=list)
     freeze_trainable_layers: int = 2
     freeze_trainable_modules: str | list[str] = "all"

@@ -139,6 +139,11 @@ FOREIGN: dict[str, Foreign] = {
     "evaluation_strategy": Foreign(HF, "alias", target="eval_strategy"),
     "disable_tqdm": Foreign(HF, "alias", target="disable_progress"),
     # -- LLaMA-Factory keys whose job is done differently here ----------------------------------------------
+    "loraplus_lr_embedding": Foreign(
+        LF,
+        "note",
+        "no lorafam member adapts an embedding layer, so LoRA+'s embedding learning rate has nothing to set",
+    ),
     "trust_remote_code": Foreign(
         LF, "note", "models load through the classes transformers ships; no model repository code is run"
     ),

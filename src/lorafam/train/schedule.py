@@ -24,7 +24,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, loraplus_ratio: float | 
     """The optimizer ``cfg.optim`` names, over :func:`lorafam.optim.param_groups`."""
     from lorafam.optim import param_groups
 
-    groups = param_groups(model, cfg.learning_rate, loraplus_ratio, cfg.loraplus_lr_embedding, cfg.weight_decay)
+    groups = param_groups(model, cfg.learning_rate, loraplus_ratio, cfg.weight_decay)
     betas, eps, lr, wd = (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon, cfg.learning_rate, cfg.weight_decay
     name = cfg.optim
     if name in ("adamw", "adamw_torch"):

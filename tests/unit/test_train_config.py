@@ -62,7 +62,7 @@ def test_unknown_key_names_the_closest_valid_key(tmp_path):
 
 
 def test_unknown_method_lists_members():
-    with pytest.raises(ConfigError, match="method: unknown member 'lorra'.*Did you mean 'lora'"):
+    with pytest.raises(ConfigError, match="member: unknown member 'lorra'.*Did you mean 'lora'"):
         make_config({"method": "lorra"})
 
 
@@ -115,13 +115,13 @@ def test_method_args_unknown_field_names_the_class():
     from lorafam.train.build import adapter_config
 
     with pytest.raises(
-        ConfigError, match=r"method_args \(LoraConfig, method: lora\): unknown field 'use_rslor'.*'use_rslora'"
+        ConfigError, match=r"method_args \(LoraConfig, member: lora\): unknown field 'use_rslor'.*'use_rslora'"
     ):
         adapter_config(make_config({"method_args": {"use_rslor": True}}))
 
 
 def test_use_dora_with_another_member_is_refused():
-    with pytest.raises(ConfigError, match="'use_dora' is only valid with method: lora"):
+    with pytest.raises(ConfigError, match="'use_dora' is only valid with member: lora"):
         make_config({"method": "rslora", "use_dora": True})
 
 

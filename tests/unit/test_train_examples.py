@@ -23,5 +23,5 @@ def test_every_member_has_an_example():
 def test_example_validates(path):
     cfg = load_config(path)
     acfg = adapter_config(cfg)
-    assert type(acfg).method == lf.MEMBERS[cfg.method if not cfg.use_dora else "dora"].method
+    assert type(acfg).method == lf.MEMBERS[cfg.member if not cfg.use_dora else "dora"].method
     assert cfg.dataset, "examples must name a dataset"

@@ -51,7 +51,7 @@ def test_known_foreign_keys_with_a_value_that_changes_results_are_refused_with_t
     ):
         make_config({"push_to_hub": True})
     make_config({"push_to_hub": False})
-    with pytest.raises(ConfigError, match="shift_attn=True.*method: longlora"):
+    with pytest.raises(ConfigError, match="shift_attn=True.*member: longlora"):
         make_config({"shift_attn": True})
     with pytest.raises(ConfigError, match=r"fp16=True.*use bf16: true"):
         make_config({"fp16": True})

@@ -49,22 +49,22 @@ def adapter_config(cfg: TrainConfig) -> AdapterConfig:
     :meth:`lorafam.family.FamilyMember.make_config`. ``use_dora`` picks the member's DoRA variant."""
     from lorafam.family import MEMBERS, METHODS
 
-    name = MEMBERS[cfg.method].dora_variant or cfg.method if cfg.use_dora else cfg.method
+    name = MEMBERS[cfg.member].dora_variant or cfg.member if cfg.use_dora else cfg.member
     member = MEMBERS[name]
     cls = METHODS[member.method].config_cls
     kw = adapter_fields(cfg)
     if "use_rslora" in kw and "use_rslora" not in cls.field_names():
-        raise ConfigError(f"'use_rslora' is not an option of method: {cfg.method} ({cls.__name__})")
+        raise ConfigError(f"'use_rslora' is not an option of member: {cfg.member} ({cls.__name__})")
     try:
         check_keys(
-            cfg.method_args, cls.field_names(), f"method_args ({cls.__name__}, method: {cfg.method})", "field"
+            cfg.method_args, cls.field_names(), f"method_args ({cls.__name__}, member: {cfg.member})", "field"
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     try:
         return member.make_config({**kw, **cfg.method_args})
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"method {cfg.method}: {exc}") from exc
+        raise ConfigError(f"member {cfg.member}: {exc}") from exc
 
 
 def config_examples(cfg: TrainConfig, tok: Any, sources: list[Any] | None = None) -> tuple[list[Any], Any]:
@@ -90,22 +90,22 @@ def loraplus_ratio(cfg: TrainConfig) -> float | None:
 
     if cfg.loraplus_lr_ratio is not None:
         return cfg.loraplus_lr_ratio
-    if cfg.method not in MEMBERS:  # method: full / freeze
+    if cfg.member not in MEMBERS:  # member: full / freeze
         return None
-    return MEMBERS[cfg.method].train.loraplus_ratio
+    return MEMBERS[cfg.member].train.loraplus_ratio
 
 
 def freeze_for_training(model: nn.Module, cfg: TrainConfig) -> None:
-    """``method: full`` trains every parameter; ``method: freeze`` (LLaMA-Factory's freeze tuning) trains only the
+    """``member: full`` trains every parameter; ``member: freeze`` (LLaMA-Factory's freeze tuning) trains only the
     last ``freeze_trainable_layers`` decoder layers (the first ones when negative), restricted to the module
     names in ``freeze_trainable_modules`` (``all`` = every parameter of those layers)."""
-    if cfg.method == "full":
+    if cfg.member == "full":
         model.requires_grad_(True)
         return
     model.requires_grad_(False)
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
-        raise ConfigError(f"method: freeze needs a decoder with model.layers; {type(model).__name__} has none")
+        raise ConfigError(f"member: freeze needs a decoder with model.layers; {type(model).__name__} has none")
     n = cfg.freeze_trainable_layers
     if n == 0 or abs(n) > len(layers):
         raise ConfigError(f"freeze_trainable_layers={n}: the model has {len(layers)} decoder layers")
@@ -134,7 +134,7 @@ def _load_adapters(model: nn.Module, cfg: TrainConfig) -> None:
 
 def build_model(cfg: TrainConfig, device: torch.device | str | None = None) -> tuple[nn.Module, Any]:
     """Load the base model and tokenizer, attach the member's adapter (trainable) or continue from
-    ``adapter_name_or_path``, or unfreeze the base (``method: full`` / ``freeze``); apply bf16/checkpointing."""
+    ``adapter_name_or_path``, or unfreeze the base (``member: full`` / ``freeze``); apply bf16/checkpointing."""
     from lorafam.core.precision import cast_frozen
 
     tok = load_tokenizer(cfg.model_name_or_path)

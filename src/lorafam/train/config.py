@@ -43,8 +43,8 @@ class TrainConfig(BaseModel):
     model_name_or_path: str | None = None
     adapter_name_or_path: list[str] = Field(default_factory=list)
     quantization_bit: Literal[4] | None = None
-    # method
-    method: str = "lora"
+    # member (YAML also takes its older name `method` and LLaMA-Factory's `finetuning_type`)
+    member: str = "lora"
     method_args: dict[str, Any] = Field(default_factory=dict)
     lora_rank: int = Field(8, gt=0)
     lora_alpha: float | None = None
@@ -197,10 +197,9 @@ class TrainConfig(BaseModel):
             return [s.strip() for s in v.split(",") if s.strip()]
         return v
 
-    @field_validator("method")
+    @field_validator("member")
     @classmethod
-    def _known_method(cls, v: str) -> str:
-
+    def _known_member(cls, v: str) -> str:
         if v not in MEMBERS and v not in FULL_METHODS:
             valid = [*MEMBERS, *FULL_METHODS]
             raise ValueError(
@@ -217,21 +216,21 @@ class TrainConfig(BaseModel):
             )
         if self.warmup_steps and self.warmup_ratio:
             raise ValueError("'warmup_steps' and 'warmup_ratio' are both set; set only one of them")
-        member = MEMBERS.get(self.method)  # None: full fine-tuning
+        member = MEMBERS.get(self.member)  # None: full fine-tuning
         variants = {m.dora_variant for m in MEMBERS.values() if m.dora_variant}
-        if self.use_dora and (member is None or not (member.dora_variant or self.method in variants)):
+        if self.use_dora and (member is None or not (member.dora_variant or self.member in variants)):
             takes = sorted(n for n, m in MEMBERS.items() if m.dora_variant)
             raise ValueError(
-                f"'use_dora' is only valid with method: {', '.join(takes)} (got method: {self.method})"
+                f"'use_dora' is only valid with member: {', '.join(takes)} (got member: {self.member})"
             )
         if self.loraplus_lr_ratio is not None and (member is None or not METHODS[member.method].loraplus):
             takes = ", ".join(n for n, m in MEMBERS.items() if METHODS[m.method].loraplus)
             raise ValueError(
-                f"'loraplus_lr_ratio' needs an adapter with a B factor (method: {takes}), not method: {self.method}"
+                f"'loraplus_lr_ratio' needs an adapter with a B factor (member: {takes}), not member: {self.member}"
             )
-        if self.method in FULL_METHODS and (self.quantization_bit or self.adapter_name_or_path):
+        if self.member in FULL_METHODS and (self.quantization_bit or self.adapter_name_or_path):
             key = "quantization_bit" if self.quantization_bit else "adapter_name_or_path"
-            raise ValueError(f"'{key}' needs an adapter method; method: {self.method} trains the base weights")
+            raise ValueError(f"'{key}' needs an adapter member; member: {self.member} trains the base weights")
         if self.eval_strategy in ("steps", "epoch") and not (self.val_size or self.eval_dataset):
             raise ValueError(
                 f"eval_strategy: {self.eval_strategy} needs evaluation data: set val_size or eval_dataset"
@@ -256,7 +255,7 @@ class TrainConfig(BaseModel):
 
     @property
     def is_adapter_method(self) -> bool:
-        return self.method not in FULL_METHODS
+        return self.member not in FULL_METHODS
 
     # -- derived -------------------------------------------------------------------------------------------------
     @property

@@ -135,7 +135,8 @@ FOREIGN: dict[str, Foreign] = {
     "datasets": Foreign(AX, "map", fn=_axolotl_datasets),
     "test_datasets": Foreign(AX, "map", fn=lambda v: {"eval_dataset": _axolotl_datasets(v)["dataset"]}),
     "evals_per_epoch": Foreign(AX, "note", "use eval_steps, or eval_strategy: epoch for one evaluation per epoch"),
-    "finetuning_type": Foreign(LF, "alias", target="method"),
+    "finetuning_type": Foreign(LF, "alias", target="member"),
+    "method": Foreign("lorafam (older name)", "alias", target="member"),
     "evaluation_strategy": Foreign(HF, "alias", target="eval_strategy"),
     "disable_tqdm": Foreign(HF, "alias", target="disable_progress"),
     # -- LLaMA-Factory keys whose job is done differently here ----------------------------------------------
@@ -206,7 +207,7 @@ FOREIGN: dict[str, Foreign] = {
     "use_unsloth": Foreign(LF, "refuse", "Unsloth kernels are not used here", neutral=(False,)),
     "streaming": Foreign(LF, "refuse", "datasets are read whole", neutral=(False,)),
     "shift_attn": Foreign(
-        LF, "refuse", "S²-Attn is the LongLoRA member here: set method: longlora", neutral=(False,)
+        LF, "refuse", "S²-Attn is the LongLoRA member here: set member: longlora", neutral=(False,)
     ),
     "pissa_init": Foreign(LF, "refuse", "PiSSA initialisation is not a member here", neutral=(False,)),
     "neftune_noise_alpha": Foreign(LF, "refuse", "NEFTune embedding noise is not implemented", neutral=(None, 0)),

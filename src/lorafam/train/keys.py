@@ -110,6 +110,6 @@ def canonicalise(
                     "remove quantization_bit or set it to 4"
                 )
             out["quantization_bit"] = 4
-            if "qlora" in MEMBERS and out.get("method", "lora") == "lora":
-                out["method"] = "qlora"
+            if "qlora" in MEMBERS and out.get("member", "lora") == "lora":
+                out["member"] = "qlora"
     return out

@@ -19,7 +19,7 @@ ROOMS: list[set[str]] = [
     {"family"},
     {"core", "quant", "attention"},
     {"methods"},
-    {"models", "optim", "data", "export", "export_gguf"},
+    {"models", "optim", "data", "export", "export_gguf", "decoding"},
     {"train"},
     {"arena"},
     {"report"},

@@ -28,7 +28,7 @@ def build_peft(member_name: str, model: nn.Module, settings: dict[str, Any], for
     from lorafam.family import MEMBERS
 
     cfg = member_config(member_name, settings, formatter, steps)
-    if getattr(cfg, "quantize", None):
+    if cfg.quantize:
         raise PeerUnavailable(
             f"PEFT's 4-bit base needs bitsandbytes' CUDA/CPU kernels (quantize={cfg.quantize!r}); not run here"
         )

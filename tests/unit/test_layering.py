@@ -30,11 +30,7 @@ LEVEL = {room: i for i, rooms in enumerate(ROOMS) for room in rooms}
 
 # Known upward imports in other engineers' rooms, to be removed (issue 13); the test fails on any new one, and when
 # one disappears without being taken off this list.
-KNOWN_UPWARD: set[tuple[str, str]] = {
-    # serve (issue 12): check_adapter_base / AdapterMismatchError / chat_prompt belong below the commands
-    ("lorafam.serve.app", "lorafam.commands._generation"),
-    ("lorafam.serve.batching", "lorafam.commands._generation"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 KNOWN_CIRCLES: list[set[str]] = []
 
 # Modules that import the package itself (``import lorafam as lf``): only the top floor may.
@@ -45,18 +41,13 @@ MAX_FUNCTION_LINES = 80
 # Over the limits today, in files other engineers own (or that a later commit of issue 13 splits); same rule as
 # above: the test fails on a new one and on one that is fixed but still listed. Paths relative to src/lorafam.
 KNOWN_BIG_FILES: set[str] = {
-    "arena/tasks.py",
-    "report/claims.py",
-    "serve/app.py",
-    "serve/batching.py",
+    "arena/tasks.py",  # lead (issue 15)
+    "report/claims.py",  # lead (issue 15)
 }
 KNOWN_BIG_FUNCTIONS: set[tuple[str, str]] = {
-    ("arena/runner.py", "run_arena"),
-    ("arena/runner.py", "run_one"),
-    ("arena/spec.py", "_plan_groups"),
-    ("arena/worker.py", "run_experiment"),
-    ("export_gguf.py", "export_gguf"),
-    ("serve/app.py", "create_app"),
+    ("arena/runner.py", "run_arena"),  # lead (issue 15)
+    ("arena/worker.py", "run_experiment"),  # lead (issue 15)
+    ("export_gguf.py", "export_gguf"),  # compat (issue 14)
 }
 
 

@@ -8,8 +8,9 @@ import torch
 from lorafam.arena import harness
 from lorafam.arena.checkers import Example
 from lorafam.arena.evaluate import score_items
-from lorafam.arena.prompts import ChatFormatter, left_pad
+from lorafam.arena.prompts import ChatFormatter
 from lorafam.arena.tasks import builtin_tasks
+from lorafam.decoding import left_pad
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lorafam.arena.built import Built, member_config
-from lorafam.arena.prompts import ByteFormatter, ChatFormatter, left_pad
+from lorafam.arena.prompts import ByteFormatter, ChatFormatter
 from lorafam.train.callbacks import Callback
 
 
@@ -232,21 +232,18 @@ def generate(
     device: torch.device,
     batch_size: int = 20,
 ) -> list[str]:
-    """Greedy answers (batched, left-padded, stop at the end-of-turn token)."""
-    outs: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        enc = left_pad([formatter.encode_prompt(p) for p in prompts[i : i + batch_size]], formatter.pad_id)
-        enc = {k: v.to(device) for k, v in enc.items()}
-        with regime(settings, device):
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=formatter.pad_id,
-                eos_token_id=formatter.eos_id,
-            )
-        for row in gen[:, enc["input_ids"].shape[1] :].tolist():
-            if formatter.eos_id in row:
-                row = row[: row.index(formatter.eos_id)]
-            outs.append(formatter.decode(row))
-    return outs
+    """Greedy answers (batched, left-padded, stop at the end-of-turn token) through the one batched decoder,
+    :func:`lorafam.decoding.greedy_batch`, in the arena's numeric regime."""
+    from lorafam.decoding import greedy_batch
+
+    ids = [formatter.encode_prompt(p) for p in prompts]
+    with regime(settings, device):
+        rows = greedy_batch(
+            model,
+            ids,
+            pad_id=formatter.pad_id,
+            max_new_tokens=max_new_tokens,
+            eos_ids=formatter.eos_id,
+            batch_size=batch_size,
+        )
+    return [formatter.decode(row) for row in rows]

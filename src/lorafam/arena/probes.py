@@ -18,7 +18,8 @@ from torch import nn
 from lorafam.arena.built import Built
 from lorafam.arena.checkers import Example
 from lorafam.arena.harness import regime
-from lorafam.arena.prompts import GENERAL_PROMPTS, left_pad
+from lorafam.arena.prompts import GENERAL_PROMPTS
+from lorafam.decoding import left_pad
 
 
 def general_inputs(formatter: Any, n: int) -> list[list[int]]:

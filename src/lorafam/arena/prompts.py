@@ -146,14 +146,3 @@ def batches(encoded: list[Encoded], batch_size: int, steps: int, seed: int) -> l
             batch.append(encoded[order.pop()])
         out.append(batch)
     return out
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded prompts for batched generation."""
-    length = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), length), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, length - len(p) :] = torch.tensor(p)
-        mask[i, length - len(p) :] = 1
-    return {"input_ids": ids, "attention_mask": mask}

@@ -20,7 +20,6 @@ from lorafam.arena.tasks import builtin_tasks, make_task
 from lorafam.helpers import check_keys, merge_dicts, unknown
 
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
-BUDGETS = ("quick", "standard", "full")
 IMPLS = ("lorafam", "peft", "full", "base")
 FULL_FT = "full-ft"
 BASE = "base"

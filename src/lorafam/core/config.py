@@ -11,12 +11,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from lorafam.helpers import check_keys, closest
+from lorafam.helpers import check_keys
 
 if TYPE_CHECKING:
     from lorafam.family import MethodSpec, RunFacts
 
-__all__ = ["AdapterConfig", "Targets", "closest"]
+__all__ = ["AdapterConfig", "Targets"]
 
 Targets = list[str] | str
 

@@ -113,3 +113,12 @@ def test_make_config_common_settings_apply_only_where_the_member_has_them_and_do
     assert MEMBERS["adalora"].make_config({"init_rank": 6}, common=common).init_rank == 6
     assert MEMBERS["adalora"].make_config(common=common).init_rank == 99
     assert MEMBERS["lora"].make_config({"rank": 2}, common=common).rank == 2
+
+
+def test_a_mixable_member_can_still_refuse_a_config_through_its_declared_hook():
+    # AdapterConfig.mixture_problem (None by default); LoRA refuses a base-rewriting init and per-module patterns
+    assert lf.LoraConfig().mixture_problem() is None and lf.QuantumConfig().mixture_problem() is None
+    with pytest.raises(ValueError, match=r"experts\[1\]: init='pissa' rewrites the shared base weights"):
+        lf.MixtureConfig(experts=["lora", {"member": "lora", "init": "pissa"}])
+    with pytest.raises(ValueError, match=r"experts\[0\]: rank_pattern / alpha_pattern are not supported"):
+        lf.MixtureConfig(experts=[{"member": "dora", "rank_pattern": {"q_proj": 2}}])

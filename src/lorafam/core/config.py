@@ -96,6 +96,11 @@ class AdapterConfig:
         """
         return None
 
+    def mixture_problem(self) -> str | None:
+        """Why this config cannot be one expert of a mixture (whose experts share one base), or None when it can.
+        Checked after the registry's ``MethodSpec.mixable``; LoRA: a base-rewriting init, per-module patterns."""
+        return None
+
     @property
     def peft_type(self) -> str:
         """The ``peft_type`` written to adapter files: the registry's (``MethodSpec.peft_type``), stored once."""

@@ -156,6 +156,13 @@ class LoraConfig(AdapterConfig):
             and not d.get("alora_invocation_tokens")
         )
 
+    def mixture_problem(self) -> str | None:
+        if self.init in ("pissa", "olora"):
+            return f"init={self.init!r} rewrites the shared base weights; not inside a mixture"
+        if self.rank_pattern or self.alpha_pattern:
+            return "rank_pattern / alpha_pattern are not supported inside a mixture"
+        return None
+
     @classmethod
     def check_peft(cls, d: dict[str, Any], source: str) -> None:
         peft_init(d.get("init_lora_weights", True), source)

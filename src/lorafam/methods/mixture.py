@@ -131,10 +131,9 @@ class MixtureConfig(AdapterConfig):
             )
         if cfg.quantize is not None:
             raise ValueError(f"{where}.quantize must be None; set 'quantize' on the mixture (the base is shared)")
-        if getattr(cfg, "init", None) in ("pissa", "olora"):
-            raise ValueError(f"{where}.init={cfg.init!r} rewrites the shared base weights; not inside a mixture")
-        if getattr(cfg, "rank_pattern", None) or getattr(cfg, "alpha_pattern", None):
-            raise ValueError(f"{where}: rank_pattern / alpha_pattern are not supported inside a mixture")
+        problem = cfg.mixture_problem()  # a declared hook (AdapterConfig), not a probe of the expert's fields
+        if problem:
+            raise ValueError(f"{where}: {problem}")
         return cfg
 
     def packing_problem(self) -> str | None:

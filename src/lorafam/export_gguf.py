@@ -98,7 +98,8 @@ def export_gguf(
     n_head_kv = int(getattr(cfg, "num_key_value_heads", None) or n_head)
     from lorafam.core.inject import configs
 
-    copies = getattr(configs(model).get(name), "modules_to_save", None)
+    cfg_of = configs(model).get(name)
+    copies = cfg_of.modules_to_save if cfg_of is not None else None
     if copies:
         raise ValueError(f"adapter {name!r} trains full module copies (modules_to_save: {copies}); llama.cpp "
                          "LoRA adapters hold only low-rank factors")  # fmt: skip

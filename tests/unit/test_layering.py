@@ -207,6 +207,54 @@ def test_no_file_over_400_lines_and_no_function_over_80():
     assert not fixed, f"within the limits now, still listed as known: {fixed}"
 
 
+HOOK_CLASSES = {"core/adapter.py": "Adapter", "core/config.py": "AdapterConfig", "train/callbacks.py": "Callback"}
+
+
+def declared_hooks() -> set[str]:
+    """Every method and class attribute declared on the member protocol's base classes (``Adapter``,
+    ``AdapterConfig``, ``Callback``): a member's abilities, which callers call directly."""
+    names: set[str] = set()
+    for rel, cls in HOOK_CLASSES.items():
+        tree = ast.parse((PACKAGE / rel).read_text(encoding="utf-8"))
+        body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls).body
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names.add(node.target.id)
+    return {n for n in names if not n.startswith("__")}
+
+
+def ability_probes() -> list[str]:
+    """``hasattr(x, "hook")`` / ``getattr(x, "hook", default)`` on a declared hook name, anywhere in the package."""
+    hooks = declared_hooks()
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and (node.func.id == "hasattr" or (node.func.id == "getattr" and len(node.args) == 3))
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+                and node.args[1].value in hooks
+            ):
+                found.append(f"{path.relative_to(PACKAGE).as_posix()}:{node.lineno} {node.args[1].value}")
+    return found
+
+
+def test_no_hasattr_probes_for_member_abilities():
+    assert {
+        "to_peft",
+        "rank_alpha_for",
+        "check_shape",
+        "mergeable",
+        "on_attach",
+        "for_adapter",
+    } <= declared_hooks()
+    assert not ability_probes(), f"probes of declared hooks (call them directly): {ability_probes()}"
+
+
 def test_the_checker_sees_circles_upward_and_lazy_imports(tmp_path):
     # the rules above are only as good as the graph: a lazy import inside a function counts, TYPE_CHECKING does not
     tree = ast.parse(

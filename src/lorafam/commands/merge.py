@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for cfg in lf.configs(model).values():
         cls = spec_for_config(cfg).adapter_cls
-        if not getattr(cls, "mergeable", True):
-            reason = getattr(cls, "not_mergeable_reason", "") or "the method keeps the adapter separate"
+        if not cls.mergeable:  # declared on Adapter
+            reason = cls.not_mergeable_reason or "the method keeps the adapter separate"
             err.print(f"[red]error:[/] {args.adapter}: {type(cfg).__name__} cannot be merged: {reason}")
             return 1
     plain = lf.merge_and_unload(model).to(getattr(torch, args.dtype))

@@ -6,9 +6,12 @@ number renders as "—" (see :func:`say`).
 from __future__ import annotations
 
 import string
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorafam.report.words import en, intervals, zh
+
+if TYPE_CHECKING:
+    from lorafam.family import FamilyMember
 
 
 class _Safe(string.Formatter):
@@ -46,8 +49,8 @@ def series_name(lang: str, key: str) -> str:
     return SERIES_NAMES[lang].get(key, key)
 
 
-def idea(lang: str, member: object) -> str:
-    """The member's one-line idea in ``lang``."""
+def idea(lang: str, member: FamilyMember) -> str:
+    """The member's one-line idea in ``lang`` (the registry's English sentence where zh has none yet)."""
     if lang == "zh":
-        return ZH_IDEAS.get(getattr(member, "name", ""), getattr(member, "idea", ""))
-    return str(getattr(member, "idea", ""))
+        return ZH_IDEAS.get(member.name, member.idea)
+    return member.idea

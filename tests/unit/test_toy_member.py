@@ -23,7 +23,7 @@ def toy(monkeypatch):
                       False, mixable=True)  # fmt: skip
     member = FamilyMember(name="toy", method="toy", title="A toy rank-one update", authors="Nobody",
                           origin="lorafam tests", year=2026, venue="none", arxiv="0000.00000",
-                          idea="ΔW = s · u vᵀ from two vectors.", parent="lora")  # fmt: skip
+                          idea="ΔW = s · u v from two rank-one factors.", parent="lora")  # fmt: skip
     monkeypatch.setitem(METHODS, "toy", spec)
     monkeypatch.setitem(MEMBERS, "toy", member)
     return "toy"

@@ -20,6 +20,7 @@ lint: setup
 
 # Opt-in: llama.cpp loads `lorafam export --to gguf` adapters and decodes as lorafam does (docs/export.md).
 # llama-cpp-python is built from PyPI's sdist (several minutes of CPU the first time; pip caches the wheel).
+# Needs a C/C++ compiler; CMake >= 3.21 and ninja are taken from the system, or from PyPI by scikit-build-core.
 interop: setup
 	nice -n 10 $(VENV)/python -m pip install --no-binary llama-cpp-python "llama-cpp-python==0.3.36"
 	LORAFAM_INTEROP=1 $(VENV)/python -m pytest -q tests/interop

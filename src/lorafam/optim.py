@@ -21,7 +21,7 @@ member here adapts an embedding layer.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -78,6 +78,44 @@ def param_groups(
     return out
 
 
+OPTIMIZERS = ("adamw", "adamw_torch", "adamw_torch_fused", "adam", "sgd", "adagrad", "rmsprop", "adafactor")
+"""Optimizer names :func:`named_optimizer` builds: our short ``adamw`` / ``adam`` / ``sgd`` and the Hugging Face
+``TrainingArguments.optim`` names that need no extra package."""
+
+
+def named_optimizer(
+    name: str,
+    groups: list[dict[str, Any]],
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
+    """The one place an optimizer is built from its name (the API's :func:`make_optimizer` and the trainer's
+    ``optim`` key both come here).
+
+    Raises:
+        ValueError: an unknown name, with the valid ones.
+    """
+    if name in ("adamw", "adamw_torch"):
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if name == "adamw_torch_fused":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr)
+    if name == "adagrad":
+        return torch.optim.Adagrad(groups, lr=lr, eps=eps)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, eps=eps)
+    if name == "adafactor":  # HF's Adafactor with an explicit learning rate (as TrainingArguments builds it)
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
+    raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
 def make_optimizer(
     model: nn.Module,
     lr: float = 2e-4,
@@ -88,11 +126,7 @@ def make_optimizer(
     eps: float = 1e-8,
 ) -> torch.optim.Optimizer:
     """The optimizer for a model's trainable parameters; LoRA+ groups when ``loraplus_ratio`` is given."""
+    if optimizer not in ("adamw", "adam", "sgd"):
+        raise ValueError(f"'optimizer' must be one of adamw, adam, sgd; got {optimizer!r}")
     groups = param_groups(model, lr, loraplus_ratio, weight_decay)
-    if optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    if optimizer == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)
-    if optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr)
-    raise ValueError(f"'optimizer' must be one of adamw, adam, sgd; got {optimizer!r}")
+    return named_optimizer(optimizer, groups, lr, betas, eps, weight_decay)

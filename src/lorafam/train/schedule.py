@@ -21,29 +21,13 @@ METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, loraplus_ratio: float | None) -> torch.optim.Optimizer:
-    """The optimizer ``cfg.optim`` names, over :func:`lorafam.optim.param_groups`."""
-    from lorafam.optim import param_groups
+    """The optimizer ``cfg.optim`` names (:func:`lorafam.optim.named_optimizer`), over
+    :func:`lorafam.optim.param_groups`."""
+    from lorafam.optim import named_optimizer, param_groups
 
     groups = param_groups(model, cfg.learning_rate, loraplus_ratio, cfg.weight_decay)
-    betas, eps, lr, wd = (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon, cfg.learning_rate, cfg.weight_decay
-    name = cfg.optim
-    if name in ("adamw", "adamw_torch"):
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=wd)
-    if name == "adamw_torch_fused":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=wd, fused=True)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr)
-    if name == "adagrad":
-        return torch.optim.Adagrad(groups, lr=lr, eps=eps)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, eps=eps)
-    if name == "adafactor":  # HF's Adafactor with an explicit learning rate (as TrainingArguments builds it)
-        from transformers.optimization import Adafactor
-
-        return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
-    raise ValueError(f"optim={name!r} is not built here")  # the config validator lists the valid names
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    return named_optimizer(cfg.optim, groups, cfg.learning_rate, betas, cfg.adam_epsilon, cfg.weight_decay)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int) -> Any:

@@ -1,9 +1,11 @@
-"""Leaf helpers shared by every layer: "did you mean" errors and a deep dict merge. Imports nothing of lorafam."""
+"""Leaf helpers shared by every layer: "did you mean" errors, a deep dict merge, reading a YAML mapping. Imports
+nothing of lorafam."""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -38,3 +40,26 @@ def merge_dicts(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
         else:
             out[key] = value
     return out
+
+
+def read_yaml_mapping(
+    path: str | Path, where: str, error: type[ValueError] = ValueError, missing: str = "no such file"
+) -> dict[str, Any]:
+    """The mapping at the top of a YAML file (an empty file is ``{}``).
+
+    Raises:
+        ``error`` (a ValueError): the file is missing (``"<where>: <missing>"``), is not YAML, or holds something
+        other than a mapping at the top level (named, with the type found).
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{where}: {missing}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise error(f"{where}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise error(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
+    return data

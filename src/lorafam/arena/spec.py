@@ -17,7 +17,7 @@ import yaml
 from lorafam.arena.results import RunInfo, spec_hash
 from lorafam.arena.schema import BUDGET_ONLY, validate_spec
 from lorafam.arena.tasks import builtin_tasks, make_task
-from lorafam.helpers import check_keys, merge_dicts, unknown
+from lorafam.helpers import check_keys, merge_dicts, read_yaml_mapping, unknown
 
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
 IMPLS = ("lorafam", "peft", "full", "base")
@@ -90,14 +90,7 @@ def load_spec(path: str | Path | None = None) -> dict[str, Any]:
     if path is not None:
         p = Path(path)
         where = f"arena spec {p}"
-        if not p.is_file():
-            raise ValueError(f"{where}: no such file")
-        try:
-            user = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{where}: invalid YAML ({exc})") from exc
-        if not isinstance(user, dict):
-            raise ValueError(f"{where}: expected a mapping at the top level, got {type(user).__name__}")
+        user = read_yaml_mapping(p, where)
         merged = merge_dicts(spec, user)
         for name, budget in (user.get("budgets") or {}).items():
             # a budget the user writes with tasks/seeds (no groups) replaces the default's groups

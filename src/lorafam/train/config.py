@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from lorafam.family import MEMBERS, METHODS
-from lorafam.helpers import closest, merge_dicts
+from lorafam.helpers import closest, merge_dicts, read_yaml_mapping
 from lorafam.train.keys import NEAR_MISS, ConfigError, canonicalise, parse_overrides
 
 # Every lr_scheduler_type of transformers (transformers.SchedulerType; a test keeps the two lists equal).
@@ -312,13 +312,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     source = "overrides"
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: expected a mapping of keys to values at the top level")
+        raw = read_yaml_mapping(p, str(p), ConfigError, missing="config file not found")
         source = str(p)
     return make_config(raw, source, parse_overrides(overrides or []))

@@ -33,20 +33,26 @@ def base_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
 _SCRATCH: dict[str | None, Any] = {}
 
 
-def write_adapter(model_dir: str | None, out: Path, cfg: lf.AdapterConfig, seed: int) -> Path:
-    """A random (non-identity) adapter saved in PEFT's layout; one scratch model per base, adapters detached."""
-    if model_dir not in _SCRATCH:
-        _SCRATCH[model_dir] = lf.load_model(model_dir)
-    model = _SCRATCH[model_dir]
-    lf.attach(model, cfg, name="scratch")
+def save_random_adapter(model: Any, cfg: lf.AdapterConfig, out: Path, seed: int, name: str = "scratch") -> Path:
+    """Attach ``cfg`` to ``model``, perturb every adapter tensor (std 0.02; magnitudes multiplicatively) so the
+    adapter is not the identity, save it in PEFT's layout to ``out`` and detach it again (the benchmarks and the
+    serve tests share this)."""
+    lf.attach(model, cfg, name=name)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, p, role, _ in lf.core.inject.named_adapter_params(model):
             noise = torch.randn(p.shape, generator=g) * 0.02
             p.mul_(1 + noise) if role == "magnitude" else p.add_(noise)
-    lf.save_adapter(model, out, name="scratch")
-    lf.detach(model, "scratch")
+    lf.save_adapter(model, out, name=name)
+    lf.detach(model, name)
     return out
+
+
+def write_adapter(model_dir: str | None, out: Path, cfg: lf.AdapterConfig, seed: int) -> Path:
+    """A random (non-identity) adapter saved in PEFT's layout; one scratch model per base, adapters detached."""
+    if model_dir not in _SCRATCH:
+        _SCRATCH[model_dir] = lf.load_model(model_dir)
+    return save_random_adapter(_SCRATCH[model_dir], cfg, out, seed)
 
 
 def prompt_ids(tok: Any, n: int, salt: int) -> list[int]:

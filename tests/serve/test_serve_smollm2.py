@@ -6,23 +6,15 @@ import threading
 
 import openai
 import pytest
-import torch
 
 import lorafam as lf
+from benchmarks.serve_common import save_random_adapter
 
 pytestmark = pytest.mark.slow
 
 
 def _save(model, cfg, path, seed: int):
-    lf.attach(model, cfg, name="x")
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p, role, _ in lf.core.inject.named_adapter_params(model):
-            noise = torch.randn(p.shape, generator=g) * 0.02
-            p.mul_(1 + noise) if role == "magnitude" else p.add_(noise)
-    lf.save_adapter(model, path, name="x")
-    lf.detach(model, "x")
-    return path
+    return save_random_adapter(model, cfg, path, seed, name="x")
 
 
 def test_smollm2_adapters_served_together_match_lf_generate(tmp_path):

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from lorafam.arena.prompts import Encoded, collate
 
@@ -62,6 +63,51 @@ def _mixture_adapters(model: nn.Module) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, MixtureAdapter)]
 
 
+def shared_prefix(encoded: list[Encoded]) -> int:
+    """Length of the prompt prefix every item shares, capped so each item keeps at least one prompt token after it
+    (the position that predicts its first answer token)."""
+    if not encoded:
+        return 0
+    first, shortest = encoded[0].prompt, min(len(e.prompt) for e in encoded)
+    n = 0
+    while n < shortest - 1 and all(e.prompt[n] == first[n] for e in encoded):
+        n += 1
+    return n
+
+
+def prefix_reusable(model: nn.Module) -> bool:
+    """Whether a KV cache of the shared prefix, computed once, gives every item the outputs a full forward gives.
+
+    True unless an adapter declares otherwise (:attr:`~lorafam.core.adapter.Adapter.prefix_reusable`: a
+    sequence-level router reads the whole call, so a separately computed prefix would route differently).
+    """
+    from lorafam.core.lookup import adapted_layers
+
+    return all(type(ad).prefix_reusable for _, layer in adapted_layers(model) for ad in layer.adapters.values())
+
+
+class _Prefix:
+    """The shared prompt prefix's keys/values, computed once; :meth:`cache` hands each batch its own copy."""
+
+    def __init__(self, model: nn.Module, ids: list[int], device: torch.device, settings: dict[str, Any]):
+        from lorafam.arena.harness import regime
+
+        cache = DynamicCache()
+        with regime(settings, device):
+            model(input_ids=torch.tensor([ids], device=device), cache=cache, use_cache=True, logits_to_keep=1)
+        self.length = len(ids)
+        self.kv = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def cache(self, rows: int) -> DynamicCache:
+        view = DynamicCache()
+        for k, v in self.kv:
+            layer = DynamicLayer()
+            layer.lazy_initialization(k, v)
+            layer.keys, layer.values = k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)
+            view.layers.append(layer)
+        return view
+
+
 @torch.inference_mode()
 def score_items(
     model: nn.Module,
@@ -70,12 +116,17 @@ def score_items(
     settings: dict[str, Any],
     device: torch.device,
     batch_size: int = 32,
+    share_prefix: bool = True,
 ) -> ItemScores:
     """Teacher-forced NLL and exact match of every item (right-padded batches, items sorted by length so a batch
     holds similar lengths; results come back in the input order).
 
     The output head runs on the answer positions only (transformers' ``logits_to_keep`` with a boolean mask, as in
-    training); models without that argument fall back to full logits.
+    training); models without that argument fall back to full logits. With ``share_prefix`` the prompt prefix
+    all items share (the chat template's opening turns and the task's fixed first words: 9 of dates' 45 tokens)
+    goes through the model once, and each batch continues from a copy of its KV cache; the outputs are those of
+    the full forward up to float rounding (``tests/unit/test_arena_prefix.py``). Models with an adapter that
+    declares ``prefix_reusable = False`` (MoPEFT's sequence router) always get full forwards.
     """
     from lorafam.arena.harness import regime
     from lorafam.train.loss import shifted_targets
@@ -84,20 +135,29 @@ def score_items(
     nll, tokens, em = [0.0] * n, [0] * n, [0] * n
     mixtures = _mixture_adapters(model)
     gates: list[list[float]] | None = [[] for _ in range(n)] if mixtures else None
+    plen = shared_prefix(encoded) if share_prefix and prefix_reusable(model) else 0
+    prefix = _Prefix(model, encoded[0].prompt[:plen], device, settings) if plen > 0 else None
     order = sorted(range(n), key=lambda i: len(encoded[i].prompt) + len(encoded[i].answer))
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         batch = collate([encoded[i] for i in idx], pad_id, multiple=1)  # full attention: no group to divide
         batch = {k: v.to(device) for k, v in batch.items()}
-        targets = shifted_targets(batch["labels"])
+        targets = shifted_targets(batch["labels"])[:, plen:]
         keep = targets != -100
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        inputs: dict[str, Any] = {
+            "input_ids": batch["input_ids"][:, plen:],
+            "attention_mask": batch["attention_mask"],
+        }
+        if prefix is not None:
+            inputs.update(cache=prefix.cache(len(idx)), use_cache=True)
+        else:
+            inputs["use_cache"] = False
         with regime(settings, device):
             try:
-                logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits.float()
+                logits = model(**inputs, logits_to_keep=keep).logits.float()
                 flat = logits.reshape(-1, logits.shape[-1])
             except TypeError:  # a model class without logits_to_keep
-                flat = model(**inputs, use_cache=False).logits.float()[keep]
+                flat = model(**inputs).logits.float()[keep]
         gold = targets[keep]
         token_nll = F.cross_entropy(flat, gold, reduction="none")
         right = flat.argmax(-1) == gold

@@ -104,6 +104,9 @@ class Adapter(nn.Module):
     not_mergeable_reason: ClassVar[str] = ""
     unshardable: ClassVar[str | None] = None
     """Why this adapter cannot run under FSDP2 (``fsdp: true``: every decoder block sharded on its own), or None."""
+    prefix_reusable: ClassVar[bool] = True
+    """Whether a KV cache of a prompt prefix computed in its own call serves every continuation unchanged. False
+    when a layer's output at a position reads more than the tokens up to it (a sequence-level router)."""
 
     def __init__(self, config: AdapterConfig, in_features: int, out_features: int, rank: int, alpha: float):
         super().__init__()

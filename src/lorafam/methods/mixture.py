@@ -175,6 +175,7 @@ class MixtureAdapter(Adapter):
 
     mergeable: ClassVar[bool] = False
     not_mergeable_reason: ClassVar[str] = _NOT_MERGEABLE
+    prefix_reusable: ClassVar[bool] = False  # sequence routing pools the whole call; gates are read per call
 
     def __init__(self, config: MixtureConfig, in_features: int, out_features: int, rank: int, alpha: float):
         from lorafam.family import METHODS

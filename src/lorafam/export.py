@@ -28,6 +28,7 @@ from lorafam.core.checkpoint import CONFIG_NAME, PREFIX, WEIGHTS_NAME, atomic_wr
 from lorafam.core.inject import adapted_layers, configs
 
 VLLM_DEFAULT_MAX_RANK = 16  # vLLM's --max-lora-rank default (CONVENTIONS.md §3.2)
+SVD_EXACT = 1e-4  # an SVD export whose per-layer relative error is below this reproduces ΔW to float32 rounding
 
 
 @dataclass
@@ -49,10 +50,26 @@ class ExportReport:
         return [
             ("PEFT", "yes", "PeftModel.from_pretrained (tested)"),
             ("vLLM", vllm, f"rank {self.rank}; plain LoRA keys only (not tested here: vLLM not installed)"),
-            ("llama.cpp", "yes", "convert_lora_to_gguf.py reads lora_A / lora_B (not tested here)"),
+            ("llama.cpp", "yes", "lorafam export --to gguf (tested by make interop on SmolLM2's GGUF)"),
             ("Ollama", "yes", "ADAPTER <dir> for Llama / Mistral / Gemma bases (not tested here)"),
             ("merge", "yes", "lorafam merge or PEFT merge_and_unload"),
         ]
+
+
+def svd_warning(method: str, rank: int, error: float) -> str | None:
+    """The warning for an SVD export that is not exact (None when it is), naming the member."""
+    if error <= SVD_EXACT:
+        return None
+    why = (
+        "DoRA's ΔW is full rank (its magnitude vector rescales every column of W), so no rank-r LoRA equals it; "
+        if method == "dora"
+        else ""
+    )
+    return (
+        f"{method} exported to a rank-{rank} LoRA is approximate (max relative error of ΔW {error:.2e} over "
+        f"layers): {why}outputs will differ from the {method} adapter's (docs/export.md gives measured figures). "
+        "A larger --rank lowers the error; `lorafam merge` keeps the model exact"
+    )
 
 
 def source_compatibility(method: str, peft_compatible: bool, mergeable: bool) -> list[tuple[str, str, str]]:

@@ -46,6 +46,7 @@ class GgufExport:
     tensors: int
     arch: str
     notes: list[str] = field(default_factory=list)
+    max_rel_error: float = 0.0  # SVD route: max over layers of the relative Frobenius error of ΔW (else 0)
 
 
 def permute_rows_for_llama_cpp(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -133,7 +134,8 @@ def export_gguf(
     notes = []
     if factors.route == "svd":
         notes.append(f"SVD to rank {factors.rank}: max relative error {max(factors.errors, default=0.0):.2e}")
-    return GgufExport(str(out), factors.route, factors.rank, len(tensors), arch, notes)
+    error = max(factors.errors, default=0.0) if factors.route == "svd" else 0.0
+    return GgufExport(str(out), factors.route, factors.rank, len(tensors), arch, notes, error)
 
 
 def _write_adapter_gguf(

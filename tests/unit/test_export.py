@@ -85,6 +85,58 @@ def test_dora_svd_export_reports_its_error_and_is_exact_at_full_rank(tmp_path):
     torch.testing.assert_close(_peft_logits(lf.tiny_llama, tmp_path / "full"), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_cli_warns_by_name_when_the_export_is_approximate(tmp_path, capsys):
+    """DoRA at rank r is approximate: the CLI says so on stderr, naming DoRA and the error; at full rank, and for
+    AdaLoRA at its own rank (exact by SVD), it does not."""
+    model = lf.attach(lf.tiny_llama(), lf.DoraConfig(rank=4, alpha=8, targets=["q_proj"]))
+    perturb_adapters(model, std=0.2)
+    lf.save_adapter(model, tmp_path / "dora")
+    assert (
+        main(["export", str(tmp_path / "dora"), "--to", "lora", str(tmp_path / "low"), "--model", "tiny-llama"])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert (
+        "warning:" in err
+        and "dora exported to a rank-4 LoRA is approximate" in err
+        and "DoRA's ΔW is full rank" in err
+    )
+    assert (
+        main(
+            ["export", str(tmp_path / "dora"), "--to", "gguf", str(tmp_path / "low.gguf"), "--model", "tiny-llama"]
+        )
+        == 0
+    )
+    assert "dora exported to a rank-4 LoRA is approximate" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "dora"),
+                "--to",
+                "lora",
+                str(tmp_path / "full"),
+                "--model",
+                "tiny-llama",
+                "--rank",
+                "64",
+            ]
+        )
+        == 0
+    )
+    assert "warning" not in capsys.readouterr().err
+    ada = lf.attach(lf.tiny_llama(), lf.AdaLoraConfig(rank=4, alpha=8, targets=["q_proj"], target_rank=2))
+    perturb_adapters(ada, std=0.2)
+    lf.save_adapter(ada, tmp_path / "ada")
+    assert (
+        main(
+            ["export", str(tmp_path / "ada"), "--to", "lora", str(tmp_path / "ada-lora"), "--model", "tiny-llama"]
+        )
+        == 0
+    )
+    assert "warning" not in capsys.readouterr().err  # fmt: skip
+
+
 def test_mixture_and_alora_are_refused_with_the_reason(tmp_path):
     mix = lf.attach(lf.tiny_llama(), lf.MixtureConfig(experts=["lora", "quantum"], rank=4, alpha=8))
     with pytest.raises(ValueError, match="router's gates depend on the input"):

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     import lorafam as lf
     from lorafam.core.checkpoint import read_adapter_config
-    from lorafam.export import export_lora, source_compatibility
+    from lorafam.export import export_lora, source_compatibility, svd_warning
     from lorafam.family import spec_for_config
 
     err, out = Console(stderr=True), Console()
@@ -64,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, KeyError) as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         return 2
+    done = g if args.to == "gguf" else report
+    warning = svd_warning(spec.key, done.rank, done.max_rel_error)
+    if warning:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if args.to == "gguf":
         print(
             f"{g.path}: llama.cpp LoRA adapter ({g.arch}, {g.tensors // 2} layers, rank {g.rank}, {g.route} route"

@@ -1,6 +1,6 @@
 """Scoring with the shared prompt prefix computed once (a KV cache copied into every batch) gives every item the
-exact match and NLL of a full forward, for each kind of member; mixtures, whose router may read the whole call,
-are scored with full forwards."""
+exact match and NLL of a full forward, for each kind of member; a mixture whose router reads the whole call is
+scored with full forwards."""
 
 from __future__ import annotations
 
@@ -59,15 +59,37 @@ def test_prefix_shared_scoring_equals_full_forwards(name: str, arch: str) -> Non
     assert len(set(full.nll)) > 1  # the items differ, so equal lists are not a coincidence of constants
 
 
-def test_the_prefix_leaves_every_item_a_prompt_token_and_mixtures_opt_out() -> None:
+def test_the_prefix_leaves_every_item_a_prompt_token() -> None:
     fmt = ByteFormatter()
     same = [fmt.encode(Example("same prompt", a, a)) for a in ("x", "yy")]
     assert shared_prefix(same) == len(same[0].prompt) - 1  # the last prompt token predicts the first answer token
     assert shared_prefix([]) == 0
-    mixture = lf.attach(lf.tiny_llama(seed=0), lf.MixtureConfig(experts=["lora", "dora"], rank=4))
-    assert not prefix_reusable(mixture)
-    # the mixture's scores are those of full forwards whether or not sharing is asked for
+
+
+def test_token_routed_mixtures_share_the_prefix_and_sequence_routed_ones_do_not() -> None:
+    fmt = ByteFormatter()
     items = _items(fmt)
-    a = score_items(_perturbed(mixture), items, fmt.pad_id, FP32, CPU, share_prefix=True)
-    b = score_items(mixture, items, fmt.pad_id, FP32, CPU, share_prefix=False)
+    plen = shared_prefix(items)
+    token = _perturbed(lf.attach(lf.tiny_llama(seed=0), lf.MixtureConfig(experts=["lora", "dora"], rank=4)))
+    assert prefix_reusable(token)
+    full = score_items(token, items, fmt.pad_id, FP32, CPU, batch_size=3, share_prefix=False)
+    shared = score_items(token, items, fmt.pad_id, FP32, CPU, batch_size=3, share_prefix=True)
+    assert shared.em == full.em
+    assert max(abs(a - b) for a, b in zip(shared.nll, full.nll)) < 1e-4
+    assert full.gates is not None and shared.gates is not None
+    # with the prefix shared, an item's gates are the mean over its own tokens after the prefix: recompute them
+    # from one full forward of each item alone
+    from lorafam.arena.evaluate import _mixture_adapters
+
+    for enc, got in zip(items, shared.gates):
+        ids = torch.tensor([enc.prompt + enc.answer])
+        with torch.no_grad():
+            token(input_ids=ids)
+        per_layer = [ad.last_gates[0, plen:].float().mean(0) for ad in _mixture_adapters(token)]
+        want = torch.stack(per_layer).mean(0)
+        assert torch.allclose(torch.tensor(got), want, atol=1e-4), (got, want)
+    seq = lf.attach(lf.tiny_llama(seed=0), lf.MixtureConfig(experts=["lora", "dora"], rank=4, router="sequence"))
+    assert not prefix_reusable(seq)
+    a = score_items(_perturbed(seq), items, fmt.pad_id, FP32, CPU, share_prefix=True)
+    b = score_items(seq, items, fmt.pad_id, FP32, CPU, share_prefix=False)
     assert a.nll == b.nll and a.em == b.em and a.gates == b.gates

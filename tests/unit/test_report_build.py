@@ -317,3 +317,19 @@ def test_a_member_worse_than_lora_is_not_called_inseparable(results: Path, tmp_p
     pick = en.split("### rslora — ")[1].split("**When to pick it.**")[1].split("\n")[0]
     assert "Not for accuracy at this budget: -53.0 points vs LoRA on add3" in pick  # paired on seed 0
     assert "nothing separated it from LoRA" not in pick  # it used to say both
+
+
+def test_loraplus_that_never_reaches_loras_loss_says_so(tmp_path: Path) -> None:
+    """A LoRA+ loss curve that stays above LoRA's final loss has no steps ratio: the verdict says it never got
+    there (not "—× sooner [0.00, 0.00]") and is contradicted against 2×."""
+    root = tmp_path / "arena-results"
+    fake(root, "base", "base", 0.0, params=0, kl=0.001, size=None)
+    fake(root, "lorafam", "lora", 0.58)
+    fake(root, "lorafam", "loraplus", 0.50, curve=[[s, 3.0 + 1.0 / s] for s in range(1, 25)])
+    paths = build_report(root, tmp_path / "out", bench_dir=None, editions=("lab",))
+    verdicts = {c["claim"]: c for c in json.loads(paths["data"].read_text())["claims"]}
+    v = verdicts["loraplus"]
+    assert (v["verdict"], v["reason"], v["args"]["speed_v"]) == ("contradicted", "plus_iv_unreached", "contradicted")
+    text = paths["en.md"].read_text()
+    assert "never reached LoRA's final smoothed training loss within 24 steps" in text
+    assert "—× sooner" not in text

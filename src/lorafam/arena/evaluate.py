@@ -78,12 +78,12 @@ def shared_prefix(encoded: list[Encoded]) -> int:
 def prefix_reusable(model: nn.Module) -> bool:
     """Whether a KV cache of the shared prefix, computed once, gives every item the outputs a full forward gives.
 
-    True unless an adapter declares otherwise (:attr:`~lorafam.core.adapter.Adapter.prefix_reusable`: a
-    sequence-level router reads the whole call, so a separately computed prefix would route differently).
+    True unless an adapter says otherwise (:meth:`~lorafam.core.adapter.Adapter.reuses_prefix`: a sequence-level
+    router reads the whole call, so a separately computed prefix would route differently).
     """
     from lorafam.core.lookup import adapted_layers
 
-    return all(type(ad).prefix_reusable for _, layer in adapted_layers(model) for ad in layer.adapters.values())
+    return all(ad.reuses_prefix() for _, layer in adapted_layers(model) for ad in layer.adapters.values())
 
 
 class _Prefix:
@@ -125,8 +125,9 @@ def score_items(
     training); models without that argument fall back to full logits. With ``share_prefix`` the prompt prefix
     all items share (the chat template's opening turns and the task's fixed first words: 9 of dates' 45 tokens)
     goes through the model once, and each batch continues from a copy of its KV cache; the outputs are those of
-    the full forward up to float rounding (``tests/unit/test_arena_prefix.py``). Models with an adapter that
-    declares ``prefix_reusable = False`` (MoPEFT's sequence router) always get full forwards.
+    the full forward up to float rounding (``tests/unit/test_arena_prefix.py``); a mixture's per-item gates are
+    then averaged over the item's own tokens, after the prefix. Models with an adapter whose ``reuses_prefix()``
+    is False (a mixture with a sequence router) always get full forwards.
     """
     from lorafam.arena.harness import regime
     from lorafam.train.loss import shifted_targets
@@ -167,7 +168,7 @@ def score_items(
         counts = torch.zeros(rows, device=flat.device).index_add_(0, row, torch.ones_like(token_nll))
         wrong = torch.zeros(rows, device=flat.device).index_add_(0, row, (~right).float())
         if gates is not None:
-            per_item = _item_gates(mixtures, batch["attention_mask"])
+            per_item = _item_gates(mixtures, batch["attention_mask"][:, plen:])
         for j, i in enumerate(idx):
             nll[i] = float(sums[j])
             tokens[i] = int(counts[j])

@@ -104,9 +104,6 @@ class Adapter(nn.Module):
     not_mergeable_reason: ClassVar[str] = ""
     unshardable: ClassVar[str | None] = None
     """Why this adapter cannot run under FSDP2 (``fsdp: true``: every decoder block sharded on its own), or None."""
-    prefix_reusable: ClassVar[bool] = True
-    """Whether a KV cache of a prompt prefix computed in its own call serves every continuation unchanged. False
-    when a layer's output at a position reads more than the tokens up to it (a sequence-level router)."""
 
     def __init__(self, config: AdapterConfig, in_features: int, out_features: int, rank: int, alpha: float):
         super().__init__()
@@ -124,6 +121,11 @@ class Adapter(nn.Module):
     def delta_output(self, x: Tensor, base_out: Tensor, base: nn.Module) -> Tensor:
         """What this adapter adds to the base output for input x (..., in) → (..., out)."""
         raise NotImplementedError
+
+    def reuses_prefix(self) -> bool:
+        """Whether a KV cache of a prompt prefix computed in its own call serves every continuation unchanged.
+        False when a layer's output at a position reads more than the tokens up to it (a sequence-level router)."""
+        return True
 
     def param_roles(self) -> dict[str, str]:
         """Own parameter name → role ("a", "b", "magnitude", "gate", ...)."""

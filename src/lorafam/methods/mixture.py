@@ -175,7 +175,6 @@ class MixtureAdapter(Adapter):
 
     mergeable: ClassVar[bool] = False
     not_mergeable_reason: ClassVar[str] = _NOT_MERGEABLE
-    prefix_reusable: ClassVar[bool] = False  # sequence routing pools the whole call; gates are read per call
 
     def __init__(self, config: MixtureConfig, in_features: int, out_features: int, rank: int, alpha: float):
         from lorafam.family import METHODS
@@ -280,6 +279,11 @@ class MixtureAdapter(Adapter):
             else:
                 self.remember_sequence(st.cache, probs.detach(), gates.detach(), st.start + st.length)
         return probs, gates
+
+    def reuses_prefix(self) -> bool:
+        """Token routing reads each token alone; sequence routing pools the whole call, so a prefix routed in
+        another call would change the gates."""
+        return self.config.router == "token"
 
     def remember_sequence(self, cache: Any, probs: Tensor, gates: Tensor, end: int) -> None:
         """Keep a sequence's gates for the calls that continue ``cache`` (from token ``end`` on)."""

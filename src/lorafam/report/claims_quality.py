@@ -138,7 +138,8 @@ def loraplus_claim(data: ReportData) -> Verdict:
     speed_v = stats.decide(speed_iv, 2.0, ">")
     gain_v = stats.decide(em, 0.01, ">")
     args.update(speed_v=speed_v, gain_v=gain_v, settle=settle(em, 0.01, data))
-    return Verdict("loraplus", _combine([speed_v, gain_v]), "plus_iv", args, cite)
+    reason = "plus_iv_unreached" if ratio["estimate"] is None else "plus_iv"  # never reached: no ratio to print
+    return Verdict("loraplus", _combine([speed_v, gain_v]), reason, args, cite)
 
 
 def dora_vs_full(data: ReportData) -> Verdict:

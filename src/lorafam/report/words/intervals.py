@@ -30,6 +30,10 @@ EN: dict[str, str] = {
     "bootstrap replicates never reached it) → against 2×: {speed_v}. Points: LoRA+ − LoRA = {d:+.1f} "
     "[{lo:+.1f}, {hi:+.1f}] pts on {task} ({n} items), NLL {nd:+.4f} [{nlo:+.4f}, {nhi:+.4f}] → against +1 pt: "
     "{gain_v} (settled by {settle}).",
+    "plus_iv_unreached": "Speed: LoRA+ never reached LoRA's final smoothed training loss within {steps} steps "
+    "({seeds} seed(s), same data order; nor did {unreached} of {reps} bootstrap replicates), so it was not faster "
+    "in steps at all → against 2×: {speed_v}. Points: LoRA+ − LoRA = {d:+.1f} [{lo:+.1f}, {hi:+.1f}] pts on {task} "
+    "({n} items), NLL {nd:+.4f} [{nlo:+.4f}, {nhi:+.4f}] → against +1 pt: {gain_v} (settled by {settle}).",
     "dora_iv": "DoRA − full fine-tuning, paired per task: {diffs}. Ahead on {wins}, behind on {losses} of {tasks}.",
     "ada_failed": "{failed} of {runs} AdaLoRA runs failed or diverged ({flag}).",
     "ada_spiky": "Loss spikes per run: AdaLoRA {spikes:.1f} vs LoRA {lora_spikes:.1f} (lr {lr}): spikier than LoRA.",
@@ -92,6 +96,10 @@ ZH: dict[str, str] = {
     "[{lo:+.1f}, {hi:+.1f}] 分。",
     "plus_iv": "速度：LoRA+ 达到 LoRA 最终平滑训练损失所需步数少 {speed:.2f} 倍 [{speed_lo:.2f}, {speed_hi:.2f}]"
     "（{seeds} 个种子，{steps} 步，相同数据顺序；{reps} 次自助重采样中 {unreached} 次没有达到）→ 对照 2 倍：{speed_v}。"
+    "分数：LoRA+ − LoRA = {d:+.1f} [{lo:+.1f}, {hi:+.1f}] 分（{task}，{n} 题），NLL {nd:+.4f} [{nlo:+.4f}, {nhi:+.4f}] "
+    "→ 对照 +1 分：{gain_v}（定论所需：{settle}）。",
+    "plus_iv_unreached": "速度：在 {steps} 步内 LoRA+ 始终没有达到 LoRA 的最终平滑训练损失（{seeds} 个种子，相同数据顺序；"
+    "{reps} 次自助重采样中 {unreached} 次也没有达到），按步数并不更快 → 对照 2 倍：{speed_v}。"
     "分数：LoRA+ − LoRA = {d:+.1f} [{lo:+.1f}, {hi:+.1f}] 分（{task}，{n} 题），NLL {nd:+.4f} [{nlo:+.4f}, {nhi:+.4f}] "
     "→ 对照 +1 分：{gain_v}（定论所需：{settle}）。",
     "dora_iv": "DoRA − 全量微调，逐任务配对：{diffs}。领先 {wins} 个、落后 {losses} 个，共 {tasks} 个任务。",

@@ -139,6 +139,13 @@ class Adapter(nn.Module):
         """
         return out + self.delta_output(x, base_out, base)
 
+    def add_output_(self, x: Tensor, base_out: Tensor, base: nn.Module) -> Tensor:
+        """:meth:`add_output` for the layer's only adapter on a plain ``nn.Linear`` base, whose fresh output
+        ``base_out`` nothing else holds: a member may add into it in place where no autograd records the
+        forward (LoRA's and DoRA's decoding). The result must equal ``add_output(x, base_out, base_out, base)``,
+        which is the default."""
+        return self.add_output(x, base_out, base_out, base)
+
     # --- merge (additive by default) ---------------------------------------------------------------------------
     def merge_into(self, base: nn.Module) -> None:
         add_to_base_weight(base, self.delta_weight(base))
@@ -210,19 +217,28 @@ def _plain_attrs(module: nn.Module) -> dict[str, Any]:
     return {k: v for k, v in module.__dict__.items() if not k.startswith(("_parameters", "_buffers", "_modules"))}
 
 
+# torch mutates these dicts in place and never rebinds them, so binding them once saves a lookup per call
+_GLOBAL_HOOKS = (
+    _nn_module._global_forward_hooks,
+    _nn_module._global_forward_pre_hooks,
+    _nn_module._global_backward_hooks,
+    _nn_module._global_backward_pre_hooks,
+)
+
+
 def _has_hooks(module: nn.Module) -> bool:
     """Whether calling ``module`` would do more than its ``forward``: hooks (own or global), a compiled call."""
-    m = _nn_module
+    g = _GLOBAL_HOOKS
     return bool(
         module._compiled_call_impl is not None
         or module._forward_hooks
         or module._forward_pre_hooks
         or module._backward_hooks
         or module._backward_pre_hooks
-        or m._global_forward_hooks
-        or m._global_forward_pre_hooks
-        or m._global_backward_hooks
-        or m._global_backward_pre_hooks
+        or g[0]
+        or g[1]
+        or g[2]
+        or g[3]
     )
 
 
@@ -265,10 +281,15 @@ class AdaptedLayer(nn.Module):
         if type(base) is nn.Linear and not (args or kwargs or _has_hooks(base)):
             p = base._parameters
             base_out = F.linear(x, p["weight"], p["bias"])  # what nn.Linear.__call__ does, minus its overhead
+            if self.disabled:
+                return base_out
+            active = self.active
+            if len(active) == 1 and active[0] not in self.merged:  # the common case: base_out is ours alone
+                return modules["adapters"]._modules[active[0]].add_output_(x, base_out, base)
         else:
             base_out = base(x, *args, **kwargs)
-        if self.disabled:
-            return base_out
+            if self.disabled:
+                return base_out
         out = base_out
         adapters = modules["adapters"]._modules
         for name in self.active:

@@ -57,7 +57,7 @@ class DoraAdapter(LoraAdapter):
         self._norm_cache_key: tuple[Any, ...] | None = None
         self._g_cache: tuple[Tensor, int, int, Tensor] | None = None
         self._merge_scale: Tensor | None = None
-        self._decode_cache: tuple[Tensor, Tensor, Tensor | None, Tensor] | None = None
+        self._decode_cache: tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor] | None = None
         self._decode_key: tuple[Any, ...] | None = None
 
     def init_from_base(self, base: nn.Module) -> None:
@@ -171,10 +171,10 @@ class DoraAdapter(LoraAdapter):
             and (self._no_dropout or not self.training)
         )
         if fusable and not torch.is_grad_enabled() and x.dtype == out.dtype == p["lora_A"].dtype:
-            g, gsb, c, gsbt = self._decode_all(base)  # y = g ⊙ base(x) + (g·s·B) A x + (1 − g) ⊙ b
+            g, gsb, c, gsbt, at = self._decode_all(base)  # y = g ⊙ base(x) + (g·s·B) A x + (1 − g) ⊙ b
             if x.dim() == 3 and x.shape[0] == 1:  # batch 1 (decoding): bmm on cached transposes, as LoRA
                 scaled = base_out * g if c is None else torch.addcmul(c, base_out, g)
-                return torch.baddbmm(scaled, torch.bmm(x, self.decode_factors()[0]), gsbt)
+                return torch.baddbmm(scaled, torch.bmm(x, at), gsbt)
             d = F.linear(F.linear(x, p["lora_A"]), gsb)
             return torch.addcmul(d if c is None else d.add_(c), base_out, g)
         if not (fusable and (out.dtype == p["lora_B"].dtype or torch.is_autocast_enabled(out.device.type))):
@@ -191,6 +191,29 @@ class DoraAdapter(LoraAdapter):
             y = y + bias.to(y.dtype)
         return y.view(base_out.shape)
 
+    def add_output_(self, x: Tensor, base_out: Tensor, base: nn.Module) -> Tensor:
+        """Decoding (batch 1, no autograd, the layer's only adapter), in place on the base output:
+        ``base_out ← g ⊙ base_out [+ (1 − g) ⊙ b]``, then ``+= (x Aᵀ)(g·s·B)ᵀ`` (``baddbmm_``), on cached
+        constants (:meth:`decode_weights`): g, the norm and the scaled factors are computed once per weight
+        state, never per token. Anything else takes :meth:`add_output`."""
+        shape = x.shape
+        if (
+            torch.is_grad_enabled()
+            or len(shape) != 3
+            or shape[0] != 1
+            or not (self._no_dropout or not self.training)
+            or type(self).delta_output is not DoraAdapter.delta_output
+        ):
+            return self.add_output(x, base_out, base_out, base)
+        g, _, c, gsbt, at = self._decode_all(base)
+        if x.dtype is not at.dtype or base_out.dtype is not at.dtype:
+            return self.add_output(x, base_out, base_out, base)
+        h = torch.bmm(x, at)
+        base_out.mul_(g)
+        if c is not None:
+            base_out.add_(c)
+        return base_out.baddbmm_(h, gsbt)
+
     def decode_weights(self, base: nn.Module) -> tuple[Tensor, Tensor, Tensor | None]:
         """(g, g·s·B (out, r), (1 − g) ⊙ bias or None) for forwards without autograd, cached.
 
@@ -200,10 +223,11 @@ class DoraAdapter(LoraAdapter):
         """
         return self._decode_all(base)[:3]
 
-    def _decode_all(self, base: nn.Module) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-        """:meth:`decode_weights` plus (g·s·B)ᵀ as a contiguous (1, r, out) copy for the batch-1 ``baddbmm``."""
+    def _decode_all(self, base: nn.Module) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+        """:meth:`decode_weights` plus (g·s·B)ᵀ (1, r, out) and Aᵀ (1, in, r) as contiguous copies for the
+        batch-1 ``bmm`` / ``baddbmm``."""
         p = self._parameters
-        b, m = p["lora_B"], p["lora_magnitude_vector"]
+        a, b, m = p["lora_A"], p["lora_B"], p["lora_magnitude_vector"]
         key = (*self._norm_key(base), m._version, m.data_ptr())
         if self._decode_key != key:
             with torch.no_grad():
@@ -211,7 +235,8 @@ class DoraAdapter(LoraAdapter):
                 bias = base_bias(base)
                 c = None if bias is None else ((1 - g) * bias.to(g.dtype)).contiguous()
                 gsb = (b * (self.scaling * g).unsqueeze(1)).contiguous()
-                self._decode_cache = (g, gsb, c, gsb.t().contiguous().unsqueeze(0))
+                at = a.t().contiguous().unsqueeze(0)
+                self._decode_cache = (g, gsb, c, gsb.t().contiguous().unsqueeze(0), at)
             self._decode_key = key
         return self._decode_cache  # type: ignore[return-value]
 

@@ -268,8 +268,8 @@ class LoraAdapter(Adapter):
         no_dropout = self._no_dropout or not self.training  # train-mode no-grad forwards drop too, as in PEFT
         if no_dropout and not torch.is_grad_enabled() and x.dtype == out.dtype == a.dtype:
             if x.dim() == 3 and x.shape[0] == 1:  # batch 1 (decoding): bmm on cached transposes, half the time
-                at, bt = self.decode_factors()
-                return torch.baddbmm(out, torch.bmm(x, at), bt, alpha=self.scaling)
+                at, sbt = self.decode_factors()
+                return torch.baddbmm(out, torch.bmm(x, at), sbt)
             return torch.add(out, F.linear(F.linear(x, a), b), alpha=self.scaling)
         h = F.linear(self.lora_input(x), a)  # (..., r)
         if out.dtype != b.dtype and not torch.is_autocast_enabled(out.device.type):
@@ -279,17 +279,40 @@ class LoraAdapter(Adapter):
         fused = torch.addmm(out.reshape(-1, n_out), h.reshape(-1, r), b.t(), alpha=self.scaling)
         return fused.view(out.shape)
 
+    def add_output_(self, x: Tensor, base_out: Tensor, base: nn.Module) -> Tensor:
+        """Decoding (batch 1, no autograd, the layer's only adapter): ``base_out += (x Aᵀ)(s·Bᵀ)`` in place.
+
+        Two calls, and the second accumulates into the base output (``baddbmm_``: no copy of it, no new
+        tensor), on the cached contiguous Aᵀ and s·Bᵀ (:meth:`decode_factors`). Anything else takes
+        :meth:`add_output`.
+        """
+        shape = x.shape
+        if (
+            torch.is_grad_enabled()
+            or len(shape) != 3
+            or shape[0] != 1
+            or not (self._no_dropout or not self.training)
+            or type(self).delta_output is not LoraAdapter.delta_output
+        ):
+            return self.add_output(x, base_out, base_out, base)
+        at, sbt = self.decode_factors()
+        if x.dtype is not at.dtype or base_out.dtype is not at.dtype:
+            return self.add_output(x, base_out, base_out, base)
+        return base_out.baddbmm_(torch.bmm(x, at), sbt)
+
     def decode_factors(self) -> tuple[Tensor, Tensor]:
-        """(Aᵀ (1, in, r), Bᵀ (1, r, out)) as contiguous copies for forwards without autograd, cached until A or
-        B change (version counters and storage pointers) or inference mode is entered or left."""
+        """(Aᵀ (1, in, r), s·Bᵀ (1, r, out)) as contiguous copies for forwards without autograd, cached until A
+        or B change (version counters and storage pointers), the scale changes, or inference mode is entered or
+        left."""
         p = self._parameters
         a, b = p["lora_A"], p["lora_B"]
-        key = (a._version, b._version, a.data_ptr(), b.data_ptr(), torch.is_inference_mode_enabled())
+        key = (a._version, b._version, a.data_ptr(), b.data_ptr(), self.scaling, torch.is_inference_mode_enabled())
         cached = self._decode_factors
         if cached is None or cached[0] != key:
             with torch.no_grad():
-                at, bt = a.t().contiguous().unsqueeze(0), b.t().contiguous().unsqueeze(0)
-            cached = self._decode_factors = (key, at, bt)
+                at = a.t().contiguous().unsqueeze(0)
+                sbt = (b.t() * self.scaling).contiguous().unsqueeze(0)
+            cached = self._decode_factors = (key, at, sbt)
         return cached[1], cached[2]
 
     def peft_state(self) -> dict[str, Tensor]:

@@ -227,18 +227,29 @@ def interleaved(
     repeats: int,
     warmup: int = 1,
     log: Callable[[str], None] | None = print,
+    deadline: float | None = None,
+    first_round_s: float = 0.0,
 ) -> dict[str, dict[str, Any]]:
     """Time each contender ``repeats`` times, interleaved round by round; return :func:`summarize` per name.
 
     Every round calls each contender once; odd rounds reverse the order (A B, B A, …) so that neither side
     always runs right after the other. ``warmup`` untimed rounds come first (first-call allocations, caches).
+    With a ``deadline`` (a ``time.perf_counter()`` value) a round is started only if it is expected to end before
+    it: the first round is expected to take ``first_round_s``, later ones as long as the one before. Rounds not
+    started are not timed (``{}`` when none was), so a budgeted run ends with fewer rounds instead of being killed.
     """
     names = list(contenders)
     for _ in range(warmup):
         for name in names:
             contenders[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
+    expected = first_round_s
     for r in range(repeats):
+        if deadline is not None and time.perf_counter() + expected > deadline:
+            if log is not None:
+                log(f"  round {r + 1}/{repeats} not started: expected {expected:.0f} s, past the deadline")
+            break
+        started = time.perf_counter()
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             t = time.perf_counter()
@@ -247,7 +258,8 @@ def interleaved(
             times[name].append(dt)
             if log is not None:
                 log(f"  round {r + 1}/{repeats}  {name:<28} {dt:8.3f} s")
-    return {name: summarize(ts) for name, ts in times.items()}
+        expected = time.perf_counter() - started
+    return {name: summarize(ts) for name, ts in times.items() if ts}
 
 
 # ---------------------------------------------------------------------------------------------------------------

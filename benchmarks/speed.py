@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--s2-seqs", type=int, nargs="+", default=[2048, 4096])
     ap.add_argument("--s2-step-rounds", type=int, default=2, help="interleaved rounds of the whole S² step")
     ap.add_argument("--s2-threads", type=int, default=2, help="torch threads for the whole S² step")
+    ap.add_argument(
+        "--s2-step-budget-s", type=float, default=0.0,
+        help="seconds the s2step part may take (0: no limit); rounds that would not fit are not started",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared CPU)")
     ap.add_argument("--tiny", action="store_true", help="tiny random Llama instead of SmolLM2 (smoke run)")
     ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")

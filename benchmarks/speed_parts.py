@@ -198,15 +198,16 @@ def _decode_state(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, Any]:
     return {"cache": out.cache, "next": out.logits[:, -1:].argmax(-1), "tokens": []}
 
 
-def _decode_one(model: torch.nn.Module, st: dict[str, Any]) -> float:
-    """One greedy token with the KV cache: the forward a decoding loop runs per token. Returns seconds."""
-    t = time.perf_counter()
+def _decode_one(model: torch.nn.Module, st: dict[str, Any]) -> tuple[float, float]:
+    """One greedy token with the KV cache: the forward a decoding loop runs per token. Returns (wall seconds,
+    this thread's CPU seconds): CPU time leaves out the time other processes took the core from us."""
+    t, c = time.perf_counter(), time.thread_time()
     with torch.no_grad():
         out = model(input_ids=st["next"], cache=st["cache"], use_cache=True)
         st["cache"], st["next"] = out.cache, out.logits[:, -1:].argmax(-1)
-    dt = time.perf_counter() - t
+    dt, dc = time.perf_counter() - t, time.thread_time() - c
     st["tokens"].append(int(st["next"]))
-    return dt
+    return dt, dc
 
 
 def part_gen(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
@@ -217,14 +218,16 @@ def part_gen(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
     vocab = models["base"].config.vocab_size
     ids = torch.randint(3, vocab, (1, args.prompt), generator=torch.Generator().manual_seed(0))
     times: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
     produced: dict[str, list[int]] = {}
     for r in range(args.rounds + 1):  # round 0 is the warm-up
         states = {k: _decode_state(models[k], ids) for k in names}
         for t in range(args.gen_tokens):
             for k in names if (r + t) % 2 == 0 else names[::-1]:
-                dt = _decode_one(models[k], states[k])
+                dt, dc = _decode_one(models[k], states[k])
                 if r:
                     times[k].append(dt)
+                    cpu[k].append(dc)
         produced = {k: st["tokens"] for k, st in states.items()}
         if r:
             log(
@@ -239,6 +242,8 @@ def part_gen(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
         "tokens_per_s": {k: 1 / med[k] for k in names},
         # tokens/s ratio vs base = base time / arm time, paired token by token
         "x_base": {k: paired(times["base"], times[k]) for k in names if k != "base"},
+        # diagnostic: the same pairs in thread CPU time (memory stalls count, being descheduled does not)
+        "x_base_cpu": {k: paired(cpu["base"], cpu[k]) for k in names if k != "base"},
         "lora_equals_peft_tokens": produced["lora"] == produced["peft-lora"],
     }
 
@@ -313,21 +318,38 @@ def part_s2step(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
     arm(s2attn.ATTN_NAME, warm)()
     arm("sdpa", warm)()
     out: dict[str, Any] = {"threads": args.s2_threads, "member": "longlora (r=8, alpha=16, defaults)"}
+    budget = args.s2_step_budget_s
+    deadline = time.perf_counter() + budget if budget else None
+    out["budget_s"] = budget
+    previous: tuple[int, float] | None = None  # (tokens, seconds of one round there)
     for n in args.s2_seqs:
         batch = tokens(vocab, 1, n, seed=n)
+        # a longer sequence's first round: the last length's round scaled by (n / n')² (attention's growth,
+        # an upper bound for the whole step, whose linear layers grow only as n)
+        first = 0.0 if previous is None else previous[1] * (n / previous[0]) ** 2
         t = interleaved(
             {"s2attn": arm(s2attn.ATTN_NAME, batch), "full": arm("sdpa", batch)},
             repeats=args.s2_step_rounds, warmup=0, log=lambda m, n=n: log(f"[s2step {n}]" + m),
+            deadline=deadline, first_round_s=first,
         )  # fmt: skip
+        if not t:
+            out[str(n)] = {"not_measured": f"the part's time budget ({budget:.0f} s) ended before its first round"}
+            continue
         out[str(n)] = {"timing": t, "s2 / full": paired(t["s2attn"]["raw_s"], t["full"]["raw_s"])}
+        previous = (n, t["s2attn"]["raw_s"][-1] + t["full"]["raw_s"][-1])
     torch.set_num_threads(threads)
     return out
+
+
+def s2step_lengths(part: dict[str, Any]) -> list[str]:
+    """The sequence lengths of an s2step part that have timings (a budgeted run may have skipped some)."""
+    return [n for n in part if n.isdigit() and "timing" in part[n]]
 
 
 def s2attn_file(data: dict[str, Any]) -> dict[str, Any]:
     """The s2step part in ``benchmarks/results/s2attn.json``'s layout (what ``lorafam report`` reads)."""
     part = data["s2step"]
-    seqs = [n for n in part if n.isdigit()]
+    seqs = s2step_lengths(part)
     return {
         "source": "python -m benchmarks.speed (part s2step); see speed.json for the paired ratios",
         "machine": data["machine"],

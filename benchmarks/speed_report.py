@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from benchmarks.common import RESULTS, md_table, update_markdown_section, write_json
+from benchmarks.speed_parts import s2step_lengths
 
 SECTION = "speed"
 
@@ -60,6 +61,10 @@ def summary(d: dict[str, Any]) -> list[dict[str, Any]]:
     for n, limit in (("4096", 0.70), ("2048", 0.85)):
         note = (f"whole LongLoRA step (fwd + bwd + AdamW), batch 1, {step['threads']} threads" if step
                 else "whole LongLoRA step: not in this run (see the notes below the table)")  # fmt: skip
+        if (step.get(n) or {}).get("not_measured"):
+            note = f"whole LongLoRA step: {step[n]['not_measured']}"
+        elif step and n not in step:
+            note = "whole LongLoRA step: this length was not in the run's --s2-seqs"
         rows.append(_row(f"S²-Attn training step / full attention's at {n}", (step.get(n) or {}).get("s2 / full"),
                          limit, note=note))  # fmt: skip
     for n in ("4096", "2048"):  # diagnostic: the only call S²-Attn changes (no target of its own)
@@ -102,10 +107,30 @@ def _machine_line(d: dict[str, Any]) -> str:
         f"Machine: **{m['cpu']}**, AMX: **{'yes' if amx else 'no'}** (flags: {', '.join(m['cpu_flags']) or 'none'}; "
         f"torch capability {m['torch_cpu_capability']}, oneDNN bf16 {m['onednn_bf16_supported']}), "
         f"{m['logical_cpus']} logical CPUs shared with other jobs, {m['torch_threads']} torch thread(s); load average "
-        f"{d.get('load_average_start')} at the start and {d.get('load_average_end')} at the end: the machine was "
-        f"loaded, so absolute times are inflated and only the paired ratios are meant to be read. torch "
+        f"{d.get('load_average_start')} at the start and {d.get('load_average_end')} at the end"
+        + (
+            ": the machine was loaded, so absolute times are inflated and only the paired ratios are meant to be read"
+            if _loaded(d, m["logical_cpus"])
+            else ""
+        )  # fmt: skip
+        + f". Per part (load at its start → end, minutes): {_part_loads(d)}. torch "
         f"{m['versions']['torch']}, transformers {m['versions']['transformers']}, peft {m['versions']['peft']}; "
         f"{m['time_utc']}, git {m['git']['commit'][:10]}{' (dirty)' if m['git']['dirty'] else ''}."
+    )
+
+
+def _loaded(d: dict[str, Any], cpus: int) -> bool:
+    """Whether other work competed for the CPUs: a 1-minute load above what this run itself puts on them."""
+    loads = [d.get("load_average_start") or [0], d.get("load_average_end") or [0]]
+    return max(x[0] for x in loads) > 0.75 * cpus
+
+
+def _part_loads(d: dict[str, Any]) -> str:
+    parts = [p for p in ("machine", "train", "rss", "gen", "s2", "s2step") if isinstance(d.get(p), dict)]
+    return "; ".join(
+        f"{p} {d[p]['load_start'][0]} → {d[p]['load_end'][0]}, {d[p]['wall_s'] / 60:.1f}"
+        for p in parts
+        if "load_start" in d[p]
     )
 
 
@@ -137,13 +162,18 @@ def _detail_tables(d: dict[str, Any]) -> list[str]:
         out += [md_table(["arm", "peak RSS MiB", "measured as"], rows)]
     gen = d.get("gen")
     if gen:
+        cpu = gen.get("x_base_cpu", {})
         rows = [(k, gen["tokens_per_s"][k], gen["per_token_s"][k]["median_s"] * 1e3,
                  *((gen["x_base"][k]["median"], gen["x_base"][k]["min"], gen["x_base"][k]["max"])
-                   if k in gen["x_base"] else (1.0, "", "")))
+                   if k in gen["x_base"] else (1.0, "", "")),
+                 cpu[k]["median"] if k in cpu else ("" if cpu else "—"))
                 for k in gen["per_token_s"]]  # fmt: skip
         out += ["", f"Decoding, {gen['new_tokens']} greedy tokens per round after a {gen['prompt_tokens']}-token "
-                    "prompt, interleaved token by token (ratios paired per token):", ""]  # fmt: skip
-        out += [md_table(["model", "tokens/s (median)", "ms/token", "× base (median)", "min", "max"], rows)]
+                    "prompt, interleaved token by token (ratios paired per token; the target is judged on wall "
+                    "time; the last column pairs the same tokens' thread CPU time, a diagnostic that leaves out "
+                    "time lost to other processes):", ""]  # fmt: skip
+        out += [md_table(["model", "tokens/s (median)", "ms/token", "× base (median)", "min", "max",
+                          "× base, CPU time (median)"], rows)]  # fmt: skip
         out += ["", f"Unmerged lorafam LoRA and PEFT LoRA (same tensors) gave the same tokens: "
                     f"{gen['lora_equals_peft_tokens']}."]  # fmt: skip
     s2 = d.get("s2")
@@ -157,7 +187,7 @@ def _detail_tables(d: dict[str, Any]) -> list[str]:
     if st:
         rows = [(n, st[n]["timing"]["s2attn"]["median_s"], st[n]["timing"]["full"]["median_s"],
                  st[n]["s2 / full"]["median"], st[n]["s2 / full"].get("min"), st[n]["s2 / full"].get("max"))
-                for n in st if n.isdigit()]  # fmt: skip
+                for n in s2step_lengths(st)]  # fmt: skip
         out += ["", f"Whole LongLoRA training step, S²-Attn vs full attention ({st['member']}; one model, the "
                     f"attention switched between steps, {st['threads']} threads, batch 1):", ""]  # fmt: skip
         out += [md_table(["tokens", "S²-Attn step s", "full step s", "paired ratio", "min", "max"], rows)]

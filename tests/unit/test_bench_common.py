@@ -40,6 +40,18 @@ def test_interleaved_alternates_order_and_counts():
     assert stats["a"]["min_s"] <= stats["a"]["median_s"] <= stats["a"]["max_s"]
 
 
+def test_interleaved_starts_no_round_expected_to_end_past_the_deadline():
+    import time
+
+    calls = []
+    slow = {"a": lambda: (calls.append("a"), time.sleep(0.05)), "b": lambda: calls.append("b")}
+    stats = interleaved(slow, repeats=10, warmup=0, log=None, deadline=time.perf_counter() + 0.12)
+    assert 1 <= stats["a"]["n"] == stats["b"]["n"] < 10  # whole rounds only, and not all of them
+    assert len(calls) == 2 * stats["a"]["n"]
+    gone = interleaved(slow, repeats=3, log=None, deadline=time.perf_counter() + 1.0, first_round_s=5.0)
+    assert gone == {}  # the first round's estimate alone is past the deadline: nothing timed
+
+
 def test_markdown_sections_are_replaced_in_place(tmp_path):
     md = tmp_path / "B.md"
     update_markdown_section("one", "first body", md)

@@ -329,7 +329,11 @@ def test_loraplus_that_never_reaches_loras_loss_says_so(tmp_path: Path) -> None:
     paths = build_report(root, tmp_path / "out", bench_dir=None, editions=("lab",))
     verdicts = {c["claim"]: c for c in json.loads(paths["data"].read_text())["claims"]}
     v = verdicts["loraplus"]
-    assert (v["verdict"], v["reason"], v["args"]["speed_v"]) == ("contradicted", "plus_iv_unreached", "contradicted")
+    assert (v["verdict"], v["reason"], v["args"]["speed_v"]) == (
+        "contradicted",
+        "plus_iv_unreached",
+        "contradicted",
+    )
     text = paths["en.md"].read_text()
     assert "never reached LoRA's final smoothed training loss within 24 steps" in text
     assert "—× sooner" not in text

@@ -126,6 +126,9 @@ def test_dora_and_lora_caches_follow_base_and_magnitude_changes(name):
         if name == "dora":
             _adapter(block, "up_proj").lora_magnitude_vector.mul_(0.7)
     _check(block, x)
+    w = block.gate_proj.base_layer.weight
+    w.data = w.data * 0.5  # new storage for W0
+    _check(block, x)
 
 
 @pytest.mark.parametrize("name", ["lora", "dora"])

@@ -59,6 +59,7 @@ class DoraAdapter(LoraAdapter):
         self._merge_scale: Tensor | None = None
         self._decode_cache: tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor] | None = None
         self._decode_key: tuple[Any, ...] | None = None
+        self._decode_fast: tuple[Any, ...] | None = None  # (flat key, g, c, (g·s·B)ᵀ, Aᵀ): add_output_
 
     def init_from_base(self, base: nn.Module) -> None:
         """m ← ‖W0‖_c (after PiSSA/OLoRA rewrote W0, if asked: ‖W_res + s·BA‖_c, as PEFT). Real weights only."""
@@ -195,7 +196,12 @@ class DoraAdapter(LoraAdapter):
         """Decoding (batch 1, no autograd, the layer's only adapter), in place on the base output:
         ``base_out ← g ⊙ base_out [+ (1 − g) ⊙ b]``, then ``+= (x Aᵀ)(g·s·B)ᵀ`` (``baddbmm_``), on cached
         constants (:meth:`decode_weights`): g, the norm and the scaled factors are computed once per weight
-        state, never per token. Anything else takes :meth:`add_output`."""
+        state, never per token. Anything else takes :meth:`add_output`.
+
+        The base is a plain ``nn.Linear`` here (see :meth:`Adapter.add_output_`), so what the constants depend
+        on is checked with one flat key (A, B, m, W0: version counters and storage; the scale; inference mode)
+        instead of :meth:`_decode_all`'s general one: this runs for every layer and token.
+        """
         shape = x.shape
         if (
             torch.is_grad_enabled()
@@ -205,14 +211,24 @@ class DoraAdapter(LoraAdapter):
             or type(self).delta_output is not DoraAdapter.delta_output
         ):
             return self.add_output(x, base_out, base_out, base)
-        g, _, c, gsbt, at = self._decode_all(base)
+        p = self._parameters
+        a, b, m, w = p["lora_A"], p["lora_B"], p["lora_magnitude_vector"], base._parameters["weight"]
+        key = (
+            a._version, b._version, m._version, w._version, a.data_ptr(), b.data_ptr(), m.data_ptr(),
+            w.data_ptr(), self.scaling, torch.is_inference_mode_enabled(),
+        )  # fmt: skip
+        fast = self._decode_fast
+        if fast is None or fast[0] != key:
+            g, _, c, gsbt, at = self._decode_all(base)
+            fast = self._decode_fast = (key, g, c, gsbt, at)
+        at = fast[4]
         if x.dtype is not at.dtype or base_out.dtype is not at.dtype:
             return self.add_output(x, base_out, base_out, base)
         h = torch.bmm(x, at)
-        base_out.mul_(g)
-        if c is not None:
-            base_out.add_(c)
-        return base_out.baddbmm_(h, gsbt)
+        base_out.mul_(fast[1])
+        if fast[2] is not None:
+            base_out.add_(fast[2])
+        return base_out.baddbmm_(h, fast[3])
 
     def decode_weights(self, base: nn.Module) -> tuple[Tensor, Tensor, Tensor | None]:
         """(g, g·s·B (out, r), (1 − g) ⊙ bias or None) for forwards without autograd, cached.

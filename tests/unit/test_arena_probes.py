@@ -56,3 +56,19 @@ def test_report_helpers() -> None:
     assert steps_to_reach([[1, 4.0]] + [[s, 1.0] for s in range(2, 9)], 2.0) == 6  # EMA (β = 0.8) of the loss
     assert math.isclose(noise_floor([0.5], 100), 2 * math.sqrt(0.25 / 100))
     assert math.isclose(noise_floor([0.5, 0.7], 10_000), 2 * 0.1414213562, rel_tol=1e-6)  # seed spread wins
+
+
+def test_batched_next_token_logprobs_equal_one_forward_per_text() -> None:
+    """The forgetting probe's texts go through one right-padded forward; each text's log-probabilities are those
+    of its own forward (the padding comes after every real position)."""
+    import lorafam as lf
+
+    model = lf.attach(lf.tiny_llama(seed=0), lf.LoraConfig(rank=4, targets="all-linear", init="gaussian")).eval()
+    texts = [[5, 9, 33, 70, 12], [8, 8, 1], [100, 4, 5, 6, 7, 9, 11, 50]]
+    got = probes.next_token_logprobs(model, texts, 0, torch.device("cpu"), {"bf16": False})
+    for ids, lp in zip(texts, got):
+        with torch.no_grad():
+            want = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        assert lp.shape == want.shape
+        assert torch.allclose(lp.float(), want.to(torch.bfloat16).float(), atol=2e-2)  # stored in bf16
+    assert probes.next_token_logprobs(model, [], 0, torch.device("cpu")) == []

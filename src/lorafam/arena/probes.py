@@ -41,18 +41,28 @@ def next_token_logprobs(
 ) -> list[torch.Tensor]:
     """Per text, the (T, vocab) log-probabilities of the next token, stored in bf16 to keep memory small.
 
+    All texts go through one right-padded forward (a causal model's outputs at a row's real positions do not see
+    the padding after them; ``tests/unit/test_arena_probes.py`` checks them against one forward per text).
     ``settings`` None: plain fp32 forward (the pristine reference); otherwise the arena's regime.
     """
-    out = []
-    for ids in inputs:
-        x = torch.tensor([ids], device=device)
-        if settings is None:
-            logits = model(input_ids=x).logits[0]
-        else:
-            with regime(settings, device):
-                logits = model(input_ids=x).logits[0]
-        out.append(F.log_softmax(logits.float(), dim=-1).to(torch.bfloat16).cpu())
-    return out
+    if not inputs:
+        return []
+    width = max(len(ids) for ids in inputs)
+    ids = torch.full((len(inputs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(inputs), width), dtype=torch.long)
+    for i, row in enumerate(inputs):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if settings is None:
+        logits = model(**batch).logits
+    else:
+        with regime(settings, device):
+            logits = model(**batch).logits
+    return [
+        F.log_softmax(logits[i, : len(row)].float(), dim=-1).to(torch.bfloat16).cpu()
+        for i, row in enumerate(inputs)
+    ]
 
 
 def forgetting_per_text(reference: list[torch.Tensor], tuned: list[torch.Tensor]) -> list[float]:

@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "load_average_start": load_average(),
     }
+    data["started_utc"] = data["machine"]["time_utc"]  # kept when a partial run carries an older machine part
     runners = {"train": part_train, "rss": part_rss, "gen": part_gen, "s2": part_s2, "s2step": part_s2step}
     for part in PARTS:
         if part not in parts:
@@ -133,13 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     out_path = RESULTS / ("speed_tiny.json" if args.tiny else "speed.json")
     if out_path.exists() and set(parts) != set(PARTS):  # a partial run keeps the other parts, marked as such
         old = json.loads(out_path.read_text())
+        earlier = old.get("parts_from_earlier_runs", {})  # what the old file itself had kept from before it
+        here = {
+            "time_utc": old.get("started_utc", old.get("machine", {}).get("time_utc")),
+            "command": old.get("command"),
+        }
         for part in PARTS:
             if part == "machine" and "gemm" not in data["machine"] and "gemm" in old.get("machine", {}):
                 data["machine"] = old["machine"]
-                data.setdefault("parts_from_earlier_runs", {})[part] = old["machine"].get("time_utc")
+                data.setdefault("parts_from_earlier_runs", {})[part] = earlier.get(part, here)
             elif part != "machine" and part not in data and part in old:
                 data[part] = old[part]
-                data.setdefault("parts_from_earlier_runs", {})[part] = old.get("machine", {}).get("time_utc")
+                data.setdefault("parts_from_earlier_runs", {})[part] = earlier.get(part, here)
     write_json(out_path, data)
     if "s2step" in parts and not args.tiny:
         write_json(RESULTS / "s2attn.json", s2attn_file(data))

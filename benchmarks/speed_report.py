@@ -207,8 +207,8 @@ def markdown(d: dict[str, Any]) -> str:
         "",
         *(
             [
-                "Parts measured in an earlier run of the same command (their start time): "
-                + ", ".join(f"{k} ({v})" for k, v in d["parts_from_earlier_runs"].items())
+                "Parts measured in an earlier run of the same command (its start time and arguments): "
+                + "; ".join(_earlier(k, v) for k, v in d["parts_from_earlier_runs"].items())
                 + ".",
                 "",
             ]
@@ -218,6 +218,12 @@ def markdown(d: dict[str, Any]) -> str:
         md_table(["target", "limit", "measured", "status", "conditions / why"], rows),
     ]
     return "\n".join(out + _detail_tables(d) + [""] + [d.get("notes", "")])
+
+
+def _earlier(part: str, v: Any) -> str:
+    if isinstance(v, dict):  # {"time_utc", "command"}; older files kept only the time
+        return f"{part} ({v.get('time_utc')}, `{(v.get('command') or '').strip()}`)"
+    return f"{part} ({v})"
 
 
 def write_markdown(data: dict[str, Any]) -> None:

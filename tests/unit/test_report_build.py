@@ -337,3 +337,12 @@ def test_loraplus_that_never_reaches_loras_loss_says_so(tmp_path: Path) -> None:
     text = paths["en.md"].read_text()
     assert "never reached LoRA's final smoothed training loss within 24 steps" in text
     assert "—× sooner" not in text
+
+
+def test_a_member_never_run_is_told_apart_from_one_whose_runs_failed(results: Path, tmp_path: Path) -> None:
+    paths = build_report(results, tmp_path / "out", bench_dir=None, editions=("lab",))
+    text = paths["en.md"].read_text()
+    quantum = text[text.index("### quantum") :].split("\n### ")[0]  # no record at all: not in this budget
+    longlora = text[text.index("### longlora") :].split("\n### ")[0]  # its only run failed
+    assert "Not run in this budget" in quantum and "No successful run" not in quantum
+    assert "No successful run of this member" in longlora

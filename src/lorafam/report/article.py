@@ -195,7 +195,10 @@ def _verdict(art: Article, m: Any) -> list[Block]:
     d = art.data
     row, lora = d.row("lorafam", m.name), d.row("lorafam", "lora")
     head = f"**{art.t('verdict')}** "
-    b = _p(head, _headline(art, m.name, row, lora)) if row and row.ok_runs() else _p(head, art.t("no_run"))
+    if row and row.ok_runs():
+        b = _p(head, _headline(art, m.name, row, lora))
+    else:  # never planned in this budget, or every run of it failed
+        b = _p(head, art.t("not_run" if row is None else "no_run"))
     for claim in MEMBER_CLAIMS.get(m.name, []):
         if claim in art.verdicts:
             b += _claim(art, art.verdicts[claim])

@@ -36,7 +36,7 @@ def chapter(lang: str, data: ReportData, member: Any) -> list[Block]:
     ]
     row, lora = data.row("lorafam", member.name), data.row("lorafam", "lora")
     if row is None or not row.ok_runs():
-        blocks.append(Block("p", u["no_results"]))
+        blocks.append(Block("p", u["chapter_not_run"] if row is None else u["no_results"]))
         return blocks
     blocks.append(Block("p", _measured(lang, data, row, lora)))
     start = row.extra("forgetting_kl_start")

@@ -75,6 +75,8 @@ ART: dict[str, str] = {
     "cost_line_lora": "{params:,} trainable parameters, {step:.2f} s per step, peak memory {rss:.0f} MB, adapter file "
     "{mb:.1f} MB.",
     "no_run": "These records hold no successful run of it, so the verdict can only cite sources.",
+    "not_run": "This budget does not run it (`lorafam arena --budget standard` does), so here the verdict can only "
+    "cite sources.",
     "advice": "When to pick it: {text}",
     "lead_supported": "On this line, the draft holds up.",
     "lead_contradicted": "On this line, the numbers say no.",

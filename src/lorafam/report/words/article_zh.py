@@ -73,6 +73,7 @@ ART: dict[str, str] = {
     "峰值内存 {rss:.0f} MB。",
     "cost_line_lora": "可训练参数 {params:,} 个，每步 {step:.2f} 秒，峰值内存 {rss:.0f} MB，适配器文件 {mb:.1f} MB。",
     "no_run": "这次的记录里没有它的成功运行，评价只能引用出处。",
+    "not_run": "这个预算没有运行它（`lorafam arena --budget standard` 会运行），这里的评价只能引用出处。",
     "advice": "什么时候选它：{text}",
     "lead_supported": "原稿这一句，实测站得住。",
     "lead_contradicted": "这一句，数字不答应。",

@@ -113,6 +113,7 @@ UI: dict[str, str] = {
     "the untrained base on {task} (floor ±{floor:.1f}), so it has barely moved the model at this budget",
     "pick_nomerge": "it cannot be merged, so serving keeps the adapter's extra compute",
     "no_results": "No successful run of this member in these records.",
+    "chapter_not_run": "Not run in this budget; `lorafam arena --budget standard` runs every member.",
     "notes_budget": "Budget **{budget}**: tasks {tasks}; seeds {seeds}; settings shared by the adapter runs: "
     "{settings}.",
     "notes_machine": "Machine: {cpu}, {cores} cores, {ram} GiB RAM; threads per run: {threads}; "

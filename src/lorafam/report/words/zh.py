@@ -106,6 +106,7 @@ UI: dict[str, str] = {
     "（噪声下限 ±{floor:.1f}），这个预算下它几乎还没改动模型",
     "pick_nomerge": "它无法合并，部署时适配器的额外计算一直存在",
     "no_results": "这些记录里没有该成员的成功运行。",
+    "chapter_not_run": "这个预算没有运行它；`lorafam arena --budget standard` 会运行每个成员。",
     "notes_budget": "预算 **{budget}**：任务 {tasks}；种子 {seeds}；适配器运行共用的设置：{settings}。",
     "notes_machine": "机器：{cpu}，{cores} 核，{ram} GiB 内存；每次运行的线程数：{threads}；设备：{device}。"
     "版本：lorafam {version}（git {commit}{dirty}），{packages}，Python {python}。",

@@ -202,14 +202,7 @@ class DoraAdapter(LoraAdapter):
         on is checked with one flat key (A, B, m, W0: version counters and storage; the scale; inference mode)
         instead of :meth:`_decode_all`'s general one: this runs for every layer and token.
         """
-        shape = x.shape
-        if (
-            torch.is_grad_enabled()
-            or len(shape) != 3
-            or shape[0] != 1
-            or not (self._no_dropout or not self.training)
-            or type(self).delta_output is not DoraAdapter.delta_output
-        ):
+        if not self._in_place_decode(x, DoraAdapter):
             return self.add_output(x, base_out, base_out, base)
         p = self._parameters
         a, b, m, w = p["lora_A"], p["lora_B"], p["lora_magnitude_vector"], base._parameters["weight"]

@@ -279,6 +279,18 @@ class LoraAdapter(Adapter):
         fused = torch.addmm(out.reshape(-1, n_out), h.reshape(-1, r), b.t(), alpha=self.scaling)
         return fused.view(out.shape)
 
+    def _in_place_decode(self, x: Tensor, rule: type) -> bool:
+        """Whether this call may take an in-place decoding path: a (1, T, in) input, no autograd, no active
+        dropout, and ``rule`` (the class whose ``delta_output`` the path reproduces) still this adapter's rule."""
+        shape = x.shape
+        return not (
+            torch.is_grad_enabled()
+            or len(shape) != 3
+            or shape[0] != 1
+            or not (self._no_dropout or not self.training)
+            or type(self).delta_output is not rule.delta_output
+        )
+
     def add_output_(self, x: Tensor, base_out: Tensor, base: nn.Module) -> Tensor:
         """Decoding (batch 1, no autograd, the layer's only adapter): ``base_out += (x Aᵀ)(s·Bᵀ)`` in place.
 
@@ -286,14 +298,7 @@ class LoraAdapter(Adapter):
         tensor), on the cached contiguous Aᵀ and s·Bᵀ (:meth:`decode_factors`). Anything else takes
         :meth:`add_output`.
         """
-        shape = x.shape
-        if (
-            torch.is_grad_enabled()
-            or len(shape) != 3
-            or shape[0] != 1
-            or not (self._no_dropout or not self.training)
-            or type(self).delta_output is not LoraAdapter.delta_output
-        ):
+        if not self._in_place_decode(x, LoraAdapter):
             return self.add_output(x, base_out, base_out, base)
         at, sbt = self.decode_factors()
         if x.dtype is not at.dtype or base_out.dtype is not at.dtype:

@@ -33,7 +33,7 @@ def test_the_packaged_spec_is_valid_and_every_default_is_a_typed_setting():
         (
             "budgets:\n  standard:\n    groups:\n      - {tasks: [dates]}\n      - {member: [lora]}\n",
             r"s.yaml: budgets.standard.groups\[1\]: unknown key 'member'. Did you mean 'members'\? "
-            r"Valid: tasks, seeds, members, peft",
+            r"Valid: tasks, seeds, members, skip, peft",
         ),
         ("peers: {pfet: false}\n", r"peers: unknown key 'pfet'. Did you mean 'peft'\? Valid: peft, full_ft, base"),
         ("defaults: {bf16: maybe}\n", r"defaults.bf16 = 'maybe': Input should be a valid boolean.*; or .*'auto'"),

@@ -91,7 +91,8 @@ def test_plan_uses_the_registry_and_validates_names(monkeypatch) -> None:
     spec = load_spec()
     exps = plan(spec, "quick")
     members = {e.member for e in exps if e.impl == "lorafam"}
-    assert members == set(fam.MEMBERS)
+    assert members == set(fam.MEMBERS) - {"rslora"}  # quick skips rsLoRA (standard runs it)
+    assert "rslora" in {e.member for e in plan(spec, "standard")}
     assert {"base", "full"} <= {e.impl for e in exps}
     assert all(e.task == "dates" and e.seed == 0 for e in exps)
     # a member added to the registry later appears with no change in the arena
@@ -111,6 +112,12 @@ def test_plan_uses_the_registry_and_validates_names(monkeypatch) -> None:
     assert "newbie" in {e.member for e in plan(spec, "quick")}
     with pytest.raises(ValueError, match="--members: unknown member 'lroa'. Did you mean 'lora'.*Valid: lora"):
         plan(spec, "quick", members=["lroa"])
+    bad = {
+        **spec,
+        "budgets": {**spec["budgets"], "quick": {**spec["budgets"]["quick"], "groups": [{"skip": ["dorra"]}]}},
+    }
+    with pytest.raises(ValueError, match="budgets.quick.groups\\[0\\].skip: unknown member 'dorra'"):
+        plan(bad, "quick")
     with pytest.raises(ValueError, match="unknown budget 'fast'.*Valid: quick, standard, full"):
         plan(spec, "fast")
     with pytest.raises(ValueError, match="Valid tasks"):

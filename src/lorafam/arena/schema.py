@@ -59,6 +59,9 @@ class Group(_Strict):
     tasks: list[str] | None = None
     seeds: list[int] | None = None
     members: list[str] | None = None
+    skip: list[str] | None = (
+        None  # members left out of ``members`` (default: every member), e.g. one run elsewhere
+    )
     peft: bool | list[str] | None = None
 
 

@@ -220,6 +220,9 @@ def _plan_groups(
         g_members = list(g.get("members") or [*member_names(spec), BASE, FULL_FT])
         check_keys(g_members, [*member_names(spec), BASE, FULL_FT], f"budgets.{budget}.groups[{i}].members",
                    "member")  # fmt: skip
+        skip = list(g.get("skip") or [])
+        check_keys(skip, g_members, f"budgets.{budget}.groups[{i}].skip", "member")
+        g_members = [m for m in g_members if m not in skip]
         peft = g.get("peft") or []
         peft_set = {m for m in g_members if m in MEMBERS and MEMBERS[m].in_peft} if peft is True else set(peft)
         for task in g.get("tasks") or ["dates"]:

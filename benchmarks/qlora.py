@@ -63,7 +63,7 @@ def _step(model, opt, x) -> float:
 
 
 def _weight_bytes(model) -> dict:
-    from lorafam.core.adapter import is_quantized
+    from lorafam.core.base_layer import is_quantized
     from lorafam.core.inject import adapted_layers
 
     adapted = fp32_equiv = 0

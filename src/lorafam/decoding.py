@@ -2,7 +2,9 @@
 before its first end token. One implementation for everything that decodes a list of prompts (``lorafam generate``
 / ``eval`` / ``quickstart`` through ``commands._generation.generate_batch``, the arena's answers).
 
-A leaf module: it imports only torch. (``lorafam serve``'s engine decodes differently — continuous batching over
+Also :func:`kv_cache_view`, the one way the arena's shared prompt prefix and ``lorafam serve``'s prefix cache hand a
+computed key/value prefix to a new forward. A leaf module: it imports only torch and transformers' cache classes.
+(``lorafam serve``'s engine decodes differently — continuous batching over
 per-row key/value slots with a different adapter per row — see :mod:`lorafam.serve.batching`.)
 """
 
@@ -12,9 +14,26 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
-__all__ = ["greedy_batch", "left_pad"]
+__all__ = ["greedy_batch", "kv_cache_view", "left_pad"]
+
+
+def kv_cache_view(
+    keys: Iterable[Tensor], values: Iterable[Tensor], upto: int | None = None, rows: int = 1
+) -> DynamicCache:
+    """A new ``DynamicCache`` over per-layer (1, kv_heads, T, head_dim) keys and values: their first ``upto``
+    positions (all by default), expanded to ``rows`` rows, as views (no copy). The first update of a layer
+    concatenates the prefix with the new positions into a new tensor, so the given tensors are never written
+    and one prefix serves any number of caches."""
+    view = DynamicCache()
+    for k, v in zip(keys, values, strict=True):
+        layer = DynamicLayer()
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k[:, :, :upto].expand(rows, -1, -1, -1), v[:, :, :upto].expand(rows, -1, -1, -1)
+        view.layers.append(layer)
+    return view
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:

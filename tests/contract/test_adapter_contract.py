@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lorafam as lf
-from lorafam.core.adapter import base_weight, set_base_weight
+from lorafam.core.base_layer import base_weight, set_base_weight
 from lorafam.core.inject import adapted_layers, named_adapter_params
 from lorafam.core.record import record
 from lorafam.family import METHODS

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lorafam as lf
-from lorafam.core.adapter import base_weight
+from lorafam.core.base_layer import base_weight
 from lorafam.core.inject import adapted_layers
 from tests.conftest import perturb_adapters
 

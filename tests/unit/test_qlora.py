@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lorafam as lf
-from lorafam.core.adapter import base_weight, set_base_weight
+from lorafam.core.base_layer import base_weight, set_base_weight
 from lorafam.core.inject import adapted_layers, count_params, named_adapter_params
 from lorafam.core.precision import cast_frozen
 from lorafam.quant.nf4 import NF4Linear, quantize_base

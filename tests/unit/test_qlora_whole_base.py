@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import lorafam as lf
-from lorafam.core.adapter import AdaptedLayer, is_quantized
+from lorafam.core.adapter import AdaptedLayer
+from lorafam.core.base_layer import is_quantized
 
 X = torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(0))
 

@@ -32,9 +32,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache
 
 from lorafam.arena.prompts import Encoded, collate
+from lorafam.decoding import kv_cache_view
 
 
 @dataclass
@@ -87,7 +88,7 @@ def prefix_reusable(model: nn.Module) -> bool:
 
 
 class _Prefix:
-    """The shared prompt prefix's keys/values, computed once; :meth:`cache` hands each batch its own copy."""
+    """The shared prompt prefix's keys/values, computed once; :meth:`cache` hands each batch its own view."""
 
     def __init__(self, model: nn.Module, ids: list[int], device: torch.device, settings: dict[str, Any]):
         from lorafam.arena.harness import regime
@@ -95,17 +96,11 @@ class _Prefix:
         cache = DynamicCache()
         with regime(settings, device):
             model(input_ids=torch.tensor([ids], device=device), cache=cache, use_cache=True, logits_to_keep=1)
-        self.length = len(ids)
-        self.kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self.keys = [layer.keys for layer in cache.layers]
+        self.values = [layer.values for layer in cache.layers]
 
     def cache(self, rows: int) -> DynamicCache:
-        view = DynamicCache()
-        for k, v in self.kv:
-            layer = DynamicLayer()
-            layer.lazy_initialization(k, v)
-            layer.keys, layer.values = k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)
-            view.layers.append(layer)
-        return view
+        return kv_cache_view(self.keys, self.values, rows=rows)
 
 
 @torch.inference_mode()

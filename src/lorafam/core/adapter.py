@@ -13,6 +13,7 @@ plus, for non-additive members, ``merge_into`` / ``unmerge_from``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -20,79 +21,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _nn_module
 
+from lorafam.core.base_layer import (
+    add_to_base_weight,
+    base_bias,
+    base_shape,
+    base_weight,
+    is_quantized,
+    set_base_weight,
+)
 from lorafam.core.config import AdapterConfig
-
-try:  # GPT-2 style layers keep their weight as (in, out)
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # pragma: no cover - transformers is a hard dependency
-    Conv1D = ()  # type: ignore[assignment,misc]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Views on the base layer: one place that knows the layouts (Linear (out, in), Conv1D (in, out), quantised).
-# ---------------------------------------------------------------------------------------------------------------
-def is_quantized(layer: nn.Module) -> bool:
-    return hasattr(layer, "dequantize_weight")
-
-
-def base_shape(layer: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of a supported base layer."""
-    if isinstance(layer, nn.Linear) or is_quantized(layer):
-        return layer.in_features, layer.out_features
-    if Conv1D and isinstance(layer, Conv1D):
-        return layer.weight.shape[0], layer.weight.shape[1]
-    raise TypeError(f"unsupported base layer type {type(layer).__name__}")
-
-
-def base_weight(layer: nn.Module) -> Tensor:
-    """The base weight as an (out, in) tensor: a view for float layers, a dequantised copy otherwise."""
-    if is_quantized(layer):
-        return layer.dequantize_weight()
-    if Conv1D and isinstance(layer, Conv1D):
-        return layer.weight.T
-    return layer.weight
-
-
-def add_to_base_weight(layer: nn.Module, delta: Tensor) -> None:
-    """W ← W + delta in place (delta in (out, in) layout).
-
-    A quantised base that offers ``add_to_weight`` keeps a dense float copy beside its codes (never re-quantised);
-    others refuse, since merging would re-quantise.
-    """
-    if is_quantized(layer) and hasattr(layer, "add_to_weight"):
-        layer.add_to_weight(delta)
-        return
-    if is_quantized(layer):
-        raise NotImplementedError(
-            "cannot merge into a quantised (NF4) base in place: that would re-quantise the weights. "
-            "Use lf.merge_and_unload(model), which returns a dequantised merged model."
-        )
-    with torch.no_grad():
-        w = base_weight(layer)
-        w.add_(delta.to(device=w.device, dtype=w.dtype))
-
-
-def set_base_weight(layer: nn.Module, new: Tensor) -> None:
-    """W ← new in place (new in (out, in) layout); quantised bases with ``set_weight`` keep a dense copy."""
-    if is_quantized(layer) and hasattr(layer, "set_weight"):
-        layer.set_weight(new)
-        return
-    if is_quantized(layer):
-        raise NotImplementedError("cannot overwrite a quantised base weight in place")
-    with torch.no_grad():
-        w = base_weight(layer)
-        w.copy_(new.to(device=w.device, dtype=w.dtype))
-
-
-def set_module(model: nn.Module, path: str, new: nn.Module) -> None:
-    """Put ``new`` at the dotted module ``path`` of ``model``, in place of what is there."""
-    parent_path, _, child = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, child, new)
-
-
-def base_bias(layer: nn.Module) -> Tensor | None:
-    return getattr(layer, "bias", None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -145,6 +82,22 @@ class Adapter(nn.Module):
         forward (LoRA's and DoRA's decoding). The result must equal ``add_output(x, base_out, base_out, base)``,
         which is the default."""
         return self.add_output(x, base_out, base_out, base)
+
+    def decode_call(self, layer: AdaptedLayer, base: nn.Module) -> DecodeCall | None:
+        """A function for ``layer``'s calls without autograd while this is its only active, unmerged adapter
+        on a plain ``nn.Linear`` ``base``: ``f(layer, x)`` returns the layer's output, or ``None`` where it
+        cannot (then the layer's ``forward`` runs). ``None`` (the default): no such function.
+
+        The layer calls it from its ``__call__`` instead of running ``nn.Module.__call__``, ``forward`` and
+        :meth:`add_output_` (a decoded token passes 210 adapted layers on SmolLM2, and on a slow CPU each of
+        those Python frames costs microseconds). So ``f`` must check, on every call, everything its result
+        depends on that can change (``layer`` itself: a deep copy shares ``f``; the layer's active, merged and
+        disabled state; parameter identity, storage and version; the scale; train/eval where dropout is
+        active; hooks on ``base``), returning ``None`` after setting ``layer._decode_call = None`` when stale,
+        and its output must equal :meth:`add_output_`'s. It must not hold ``layer`` itself (compare ``id``): a
+        reference cycle would keep a dropped model in memory until the garbage collector runs.
+        """
+        return None
 
     # --- merge (additive by default) ---------------------------------------------------------------------------
     def merge_into(self, base: nn.Module) -> None:
@@ -226,6 +179,12 @@ _GLOBAL_HOOKS = (
 )
 
 
+DecodeCall = Callable[["AdaptedLayer", Tensor], "Tensor | None"]
+_module_call = nn.Module.__call__
+_grad_enabled = torch.is_grad_enabled
+_tracing = torch._C._get_tracing_state
+
+
 def _has_hooks(module: nn.Module) -> bool:
     """Whether calling ``module`` would do more than its ``forward``: hooks (own or global), a compiled call."""
     g = _GLOBAL_HOOKS
@@ -257,6 +216,8 @@ class AdaptedLayer(nn.Module):
         self.active: list[str] = []
         self.merged: list[str] = []
         self.disabled = False
+        self._decode_call: DecodeCall | None = None  # see Adapter.decode_call
+        self._decode_miss: Adapter | None = None  # the adapter whose decode_call gave None
         self.in_features, self.out_features = base_shape(base_layer)
         self.train(base_layer.training)  # a wrapper in an eval-mode model starts in eval mode
 
@@ -268,6 +229,34 @@ class AdaptedLayer(nn.Module):
     @property
     def bias(self) -> Tensor | None:
         return base_bias(self.base_layer)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``nn.Module.__call__``, except that a call without autograd, hooks or tracing goes straight to the
+        active adapter's decode function where it has one (:meth:`Adapter.decode_call`)."""
+        call = self._decode_call
+        if call is not None and len(args) == 1 and not kwargs and not _grad_enabled():
+            g = _GLOBAL_HOOKS
+            if not (
+                self._forward_hooks
+                or self._forward_pre_hooks
+                or self._backward_hooks
+                or self._backward_pre_hooks
+                or g[0]
+                or g[1]
+                or g[2]
+                or g[3]
+                or self._compiled_call_impl is not None
+                or _tracing()
+            ):
+                out = call(self, args[0])
+                if out is not None:
+                    return out
+        return _module_call(self, *args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_decode_call"] = state["_decode_miss"] = None  # closures: rebuilt on the next call
+        return state
 
     def add_adapter(self, name: str, adapter: Adapter) -> None:
         if name in self.adapters:
@@ -285,7 +274,12 @@ class AdaptedLayer(nn.Module):
                 return base_out
             active = self.active
             if len(active) == 1 and active[0] not in self.merged:  # the common case: base_out is ours alone
-                return modules["adapters"]._modules[active[0]].add_output_(x, base_out, base)
+                adapter = modules["adapters"]._modules[active[0]]
+                if self._decode_call is None and self._decode_miss is not adapter and not _grad_enabled():
+                    self._decode_call = adapter.decode_call(self, base)
+                    if self._decode_call is None:
+                        self._decode_miss = adapter
+                return adapter.add_output_(x, base_out, base)
         else:
             base_out = base(x, *args, **kwargs)
             if self.disabled:

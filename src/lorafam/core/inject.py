@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from lorafam.core.adapter import AdaptedLayer, Adapter, base_shape, is_quantized, set_module
+from lorafam.core.adapter import AdaptedLayer, Adapter
+from lorafam.core.base_layer import base_shape, is_quantized, set_module
 from lorafam.core.config import AdapterConfig
 from lorafam.core.lookup import adaptable_layers, adapted_layers, configs, match_targets
 from lorafam.core.record import Entry, drop_if_empty, ensure_record, record

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from lorafam.core.adapter import AdaptedLayer, Conv1D, is_quantized
+from lorafam.core.adapter import AdaptedLayer
+from lorafam.core.base_layer import Conv1D, is_quantized
 from lorafam.core.config import AdapterConfig
 from lorafam.core.record import record
 from lorafam.core.saved_modules import SavedModule

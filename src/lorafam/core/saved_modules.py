@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lorafam.core.adapter import set_module
+from lorafam.core.base_layer import set_module
 
 
 class SavedModule(nn.Module):

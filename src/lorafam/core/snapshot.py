@@ -8,7 +8,8 @@ import copy
 import torch
 from torch import nn
 
-from lorafam.core.adapter import AdaptedLayer, Conv1D, set_module
+from lorafam.core.adapter import AdaptedLayer
+from lorafam.core.base_layer import Conv1D, set_module
 from lorafam.core.config import AdapterConfig
 from lorafam.core.record import RECORD_ATTR, ensure_record, record
 from lorafam.core.saved_modules import SavedModule, embedding_and_norm_params, saved_modules

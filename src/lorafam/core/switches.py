@@ -9,7 +9,8 @@ from typing import Any
 
 from torch import nn
 
-from lorafam.core.adapter import AdaptedLayer, is_quantized
+from lorafam.core.adapter import AdaptedLayer
+from lorafam.core.base_layer import is_quantized
 from lorafam.core.lookup import adapted_layers, configs
 from lorafam.core.saved_modules import SavedModule, saved_modules
 

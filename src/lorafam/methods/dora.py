@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lorafam.core.adapter import base_bias, base_weight, is_quantized, set_base_weight
-from lorafam.methods.lora import LoraAdapter, LoraConfig
+from lorafam.core.adapter import AdaptedLayer, DecodeCall
+from lorafam.core.base_layer import base_bias, base_weight, is_quantized, set_base_weight
+from lorafam.methods.lora import LoraAdapter, LoraConfig, same_output_rule
 
 
 @dataclass(kw_only=True)
@@ -199,17 +200,14 @@ class DoraAdapter(LoraAdapter):
         state, never per token. Anything else takes :meth:`add_output`.
 
         The base is a plain ``nn.Linear`` here (see :meth:`Adapter.add_output_`), so what the constants depend
-        on is checked with one flat key (A, B, m, W0: version counters and storage; the scale; inference mode)
+        on is checked with one flat key (A, B, m, W0, bias: version counters and storage; the scale; inference mode)
         instead of :meth:`_decode_all`'s general one: this runs for every layer and token.
         """
         if not self._in_place_decode(x, DoraAdapter):
             return self.add_output(x, base_out, base_out, base)
         p = self._parameters
         a, b, m, w = p["lora_A"], p["lora_B"], p["lora_magnitude_vector"], base._parameters["weight"]
-        key = (
-            a._version, b._version, m._version, w._version, a.data_ptr(), b.data_ptr(), m.data_ptr(),
-            w.data_ptr(), self.scaling, torch.is_inference_mode_enabled(),
-        )  # fmt: skip
+        key = _flat_key(a, b, m, w, base._parameters["bias"], self.scaling)
         fast = self._decode_fast
         if fast is None or fast[0] != key:
             g, _, c, gsbt, at = self._decode_all(base)
@@ -222,6 +220,50 @@ class DoraAdapter(LoraAdapter):
         if fast[2] is not None:
             base_out.add_(fast[2])
         return base_out.baddbmm_(h, fast[3])
+
+    def decode_call(self, layer: AdaptedLayer, base: nn.Module) -> DecodeCall | None:
+        """``g ⊙ base(x) [+ (1 − g) ⊙ b] + (x Aᵀ)(g·s·B)ᵀ`` for a (1, T, in) input without autograd, in place on
+        the fresh base output, on :meth:`_decode_all`'s constants; every check of :meth:`add_output_` (and of
+        the layer's forward) is done here in one frame. See :meth:`Adapter.decode_call`."""
+        if type(base) is not nn.Linear or not same_output_rule(self, DoraAdapter):
+            return None
+        p, bp = self._parameters, base._parameters
+        a, b, m, w, bias = p["lora_A"], p["lora_B"], p["lora_magnitude_vector"], bp["weight"], bp["bias"]
+        key = _flat_key(a, b, m, w, bias, self.scaling)
+        g, _, c, gsbt, at = self._decode_all(base)
+        active, dtype, no_dropout, layer_id = list(layer.active), at.dtype, self._no_dropout, id(layer)
+        if w.dtype is not dtype:
+            return None
+
+        def call(owner: AdaptedLayer, x: Tensor) -> Tensor | None:
+            if (
+                id(owner) != layer_id  # a closure holding the layer would make a reference cycle
+                or p["lora_A"] is not a
+                or p["lora_B"] is not b
+                or p["lora_magnitude_vector"] is not m
+                or bp["weight"] is not w
+                or bp["bias"] is not bias
+                or owner.active != active
+                or owner.merged
+                or owner.disabled
+                or not (no_dropout or not self.training)
+                or base._forward_hooks
+                or base._forward_pre_hooks
+                or base._compiled_call_impl is not None
+                or key != _flat_key(a, b, m, w, bias, self.scaling)
+            ):
+                owner._decode_call = None
+                return None
+            shape = x.shape
+            if len(shape) != 3 or shape[0] != 1 or x.dtype is not dtype:
+                return None
+            h = torch.bmm(x, at)
+            out = F.linear(x, w, bias).mul_(g)
+            if c is not None:
+                out.add_(c)
+            return out.baddbmm_(h, gsbt)
+
+        return call
 
     def decode_weights(self, base: nn.Module) -> tuple[Tensor, Tensor, Tensor | None]:
         """(g, g·s·B (out, r), (1 − g) ⊙ bias or None) for forwards without autograd, cached.
@@ -237,11 +279,11 @@ class DoraAdapter(LoraAdapter):
         batch-1 ``bmm`` / ``baddbmm``."""
         p = self._parameters
         a, b, m = p["lora_A"], p["lora_B"], p["lora_magnitude_vector"]
-        key = (*self._norm_key(base), m._version, m.data_ptr())
+        bias = base_bias(base)
+        key = (*self._norm_key(base), m._version, m.data_ptr(), *_tensor_state(bias))
         if self._decode_key != key:
             with torch.no_grad():
                 g = self._scale(base).to(b.dtype)
-                bias = base_bias(base)
                 c = None if bias is None else ((1 - g) * bias.to(g.dtype)).contiguous()
                 gsb = (b * (self.scaling * g).unsqueeze(1)).contiguous()
                 at = a.t().contiguous().unsqueeze(0)
@@ -271,3 +313,16 @@ class DoraAdapter(LoraAdapter):
             lora = LoraAdapter.delta_weight(self, base)
             set_base_weight(base, merged / self._merge_scale - lora)
             self._merge_scale = None
+
+
+def _tensor_state(t: Tensor | None) -> tuple[int, int]:
+    return (-1, -1) if t is None else (t._version, t.data_ptr())
+
+
+def _flat_key(a: Tensor, b: Tensor, m: Tensor, w: Tensor, bias: Tensor | None, scale: float) -> tuple[Any, ...]:
+    """What DoRA's decoding constants depend on, for a plain ``nn.Linear`` base: A, B, m, W0 and the bias
+    (version counters and storage), the scale, inference mode."""
+    return (
+        a._version, b._version, m._version, w._version, a.data_ptr(), b.data_ptr(), m.data_ptr(), w.data_ptr(),
+        *_tensor_state(bias), scale, torch.is_inference_mode_enabled(),
+    )  # fmt: skip

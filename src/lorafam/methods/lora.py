@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lorafam.core.adapter import Adapter
+from lorafam.core.adapter import AdaptedLayer, Adapter, DecodeCall
 from lorafam.core.config import AdapterConfig
+
+_inference_mode = torch.is_inference_mode_enabled
 
 INITS = ("kaiming", "gaussian", "pissa", "olora")
 BASE_REWRITING_INITS = ("pissa", "olora")
@@ -204,7 +206,7 @@ class LoraAdapter(Adapter):
         (float32 SVD/QR of the (out, in) weight, the residual cast back to the base dtype)."""
         if self.config.init not in BASE_REWRITING_INITS:
             return
-        from lorafam.core.adapter import Conv1D, base_weight, set_base_weight
+        from lorafam.core.base_layer import Conv1D, base_weight, set_base_weight
 
         w0 = base_weight(base)
         if w0.is_meta:
@@ -320,5 +322,54 @@ class LoraAdapter(Adapter):
             cached = self._decode_factors = (key, at, sbt)
         return cached[1], cached[2]
 
+    def decode_call(self, layer: AdaptedLayer, base: nn.Module) -> DecodeCall | None:
+        """``base(x) + (x Aᵀ)(s·Bᵀ)`` for a (1, T, in) input without autograd: ``F.linear`` then ``baddbmm_``
+        on :meth:`decode_factors`' copies, with every check of :meth:`add_output_` (and those of the layer's
+        forward) done here in one frame; see :meth:`Adapter.decode_call`."""
+        if type(base) is not nn.Linear or not same_output_rule(self, LoraAdapter):
+            return None
+        at, sbt = self.decode_factors()
+        p, bp = self._parameters, base._parameters
+        a, b, w, bias = p["lora_A"], p["lora_B"], bp["weight"], bp["bias"]
+        key = (a._version, b._version, a.data_ptr(), b.data_ptr(), self.scaling, torch.is_inference_mode_enabled())
+        active, dtype, no_dropout, layer_id = list(layer.active), at.dtype, self._no_dropout, id(layer)
+        if w.dtype is not dtype:
+            return None
+
+        def call(owner: AdaptedLayer, x: Tensor) -> Tensor | None:
+            if (
+                id(owner) != layer_id  # a closure holding the layer would make a reference cycle
+                or p["lora_A"] is not a
+                or p["lora_B"] is not b
+                or bp["weight"] is not w
+                or bp["bias"] is not bias
+                or owner.active != active
+                or owner.merged
+                or owner.disabled
+                or not (no_dropout or not self.training)
+                or base._forward_hooks
+                or base._forward_pre_hooks
+                or base._compiled_call_impl is not None
+                or key != (a._version, b._version, a.data_ptr(), b.data_ptr(), self.scaling, _inference_mode())
+                or w.dtype is not dtype
+            ):
+                owner._decode_call = None
+                return None
+            shape = x.shape
+            if len(shape) != 3 or shape[0] != 1 or x.dtype is not dtype:
+                return None
+            return F.linear(x, w, bias).baddbmm_(torch.bmm(x, at), sbt)
+
+        return call
+
     def peft_state(self) -> dict[str, Tensor]:
         return {"lora_A.weight": self.lora_A, "lora_B.weight": self.lora_B}
+
+
+def same_output_rule(adapter: Adapter, cls: type) -> bool:
+    """Whether ``adapter`` computes its output as ``cls`` does (a subclass overriding none of the three output
+    methods), so that ``cls``'s decoding function reproduces it."""
+    t = type(adapter)
+    return (
+        t.delta_output is cls.delta_output and t.add_output is cls.add_output and t.add_output_ is cls.add_output_
+    )

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from lorafam.core.inject import active_adapters, configs, disabled
+from lorafam.decoding import kv_cache_view
 from lorafam.serve.fastpath import SharedPrefixLayer, fast_inference
 
 
@@ -96,15 +97,11 @@ class PrefixCache:
         upto = len(self) if upto is None else upto
         if not 0 <= upto <= len(self):
             raise ValueError(f"PrefixCache.view: upto={upto} outside [0, {len(self)}]")
+        if not shared:
+            return kv_cache_view(self.keys, self.values, upto)
         view = DynamicCache()
         for k, v in zip(self.keys, self.values):
-            if shared:
-                view.layers.append(SharedPrefixLayer(k[:, :, :upto], v[:, :, :upto]))
-                continue
-            layer = DynamicLayer()
-            layer.lazy_initialization(k, v)
-            layer.keys, layer.values = k[:, :, :upto], v[:, :, :upto]
-            view.layers.append(layer)
+            view.layers.append(SharedPrefixLayer(k[:, :, :upto], v[:, :, :upto]))
         return view
 
     def check_model(self, model: nn.Module) -> None:

@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lorafam.core.adapter import Adapter, base_bias, base_shape
+from lorafam.core.adapter import Adapter
+from lorafam.core.base_layer import base_bias, base_shape
 from lorafam.core.config import AdapterConfig
 
 

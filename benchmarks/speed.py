@@ -73,16 +73,16 @@ def part_machine(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of: {', '.join(PARTS)}")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per comparison")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per comparison")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--arena-batch", type=int, default=4, help="the arena quick budget's batch size")
     ap.add_argument("--arena-seq", type=int, default=64, help="about the arena tasks' padded length")
     ap.add_argument("--rss-steps", type=int, default=2)
-    ap.add_argument("--gen-tokens", type=int, default=16)
+    ap.add_argument("--gen-tokens", type=int, default=32, help="decoded tokens per round (paired token by token)")
     ap.add_argument("--prompt", type=int, default=32, help="prompt length for decoding")
     ap.add_argument("--s2-seqs", type=int, nargs="+", default=[2048, 4096])
-    ap.add_argument("--s2-step-rounds", type=int, default=2, help="interleaved rounds of the whole S² step")
+    ap.add_argument("--s2-step-rounds", type=int, default=3, help="interleaved rounds of the whole S² step")
     ap.add_argument("--s2-threads", type=int, default=2, help="torch threads for the whole S² step")
     ap.add_argument(
         "--s2-step-budget-s", type=float, default=0.0,

@@ -29,6 +29,8 @@ from lorafam.core.adapter import AdaptedLayer, DecodeCall
 from lorafam.core.base_layer import base_bias, base_weight, is_quantized, set_base_weight
 from lorafam.methods.lora import LoraAdapter, LoraConfig, same_output_rule
 
+_inference_mode = torch.is_inference_mode_enabled
+
 
 @dataclass(kw_only=True)
 class DoraConfig(LoraConfig):
@@ -229,7 +231,10 @@ class DoraAdapter(LoraAdapter):
             return None
         p, bp = self._parameters, base._parameters
         a, b, m, w, bias = p["lora_A"], p["lora_B"], p["lora_magnitude_vector"], bp["weight"], bp["bias"]
-        key = _flat_key(a, b, m, w, bias, self.scaling)
+        va, vb, vm, vw = (t._version for t in (a, b, m, w))
+        pa, pb, pm, pw = (t.data_ptr() for t in (a, b, m, w))
+        vc, pc = _tensor_state(bias)
+        scale, inference = self.scaling, torch.is_inference_mode_enabled()
         g, _, c, gsbt, at = self._decode_all(base)
         active, dtype, no_dropout, layer_id = list(layer.active), at.dtype, self._no_dropout, id(layer)
         if w.dtype is not dtype:
@@ -250,7 +255,17 @@ class DoraAdapter(LoraAdapter):
                 or base._forward_hooks
                 or base._forward_pre_hooks
                 or base._compiled_call_impl is not None
-                or key != _flat_key(a, b, m, w, bias, self.scaling)
+                or a._version != va  # what the constants depend on (as _flat_key), compared one by one
+                or b._version != vb
+                or m._version != vm
+                or w._version != vw
+                or a.data_ptr() != pa
+                or b.data_ptr() != pb
+                or m.data_ptr() != pm
+                or w.data_ptr() != pw
+                or (bias is not None and (bias._version != vc or bias.data_ptr() != pc))
+                or self.scaling != scale
+                or _inference_mode() is not inference
             ):
                 owner._decode_call = None
                 return None

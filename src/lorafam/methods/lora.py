@@ -331,7 +331,8 @@ class LoraAdapter(Adapter):
         at, sbt = self.decode_factors()
         p, bp = self._parameters, base._parameters
         a, b, w, bias = p["lora_A"], p["lora_B"], bp["weight"], bp["bias"]
-        key = (a._version, b._version, a.data_ptr(), b.data_ptr(), self.scaling, torch.is_inference_mode_enabled())
+        va, vb, pa, pb = a._version, b._version, a.data_ptr(), b.data_ptr()
+        scale, inference = self.scaling, torch.is_inference_mode_enabled()
         active, dtype, no_dropout, layer_id = list(layer.active), at.dtype, self._no_dropout, id(layer)
         if w.dtype is not dtype:
             return None
@@ -350,7 +351,12 @@ class LoraAdapter(Adapter):
                 or base._forward_hooks
                 or base._forward_pre_hooks
                 or base._compiled_call_impl is not None
-                or key != (a._version, b._version, a.data_ptr(), b.data_ptr(), self.scaling, _inference_mode())
+                or a._version != va  # what decode_factors' copies depend on, compared one by one
+                or b._version != vb
+                or a.data_ptr() != pa
+                or b.data_ptr() != pb
+                or self.scaling != scale
+                or _inference_mode() is not inference
                 or w.dtype is not dtype
             ):
                 owner._decode_call = None

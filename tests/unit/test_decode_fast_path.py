@@ -198,8 +198,10 @@ def _fast_path_taken(layer, x) -> bool:
 def test_decoding_calls_skip_the_module_machinery(name):
     block = _block(CONFIGS[name](), bias=True)
     x = torch.randn(1, 1, 24)
+    keys = list(block.state_dict())
     with torch.no_grad():
         block(x)  # builds each layer's decode function
+    assert list(block.state_dict()) == keys and len(list(block.modules())) == len(set(block.modules()))
     for layer, inp in _inputs(block, x):
         assert isinstance(layer, AdaptedLayer) and layer._decode_call is not None
         assert _fast_path_taken(layer, inp)
@@ -278,6 +280,11 @@ def test_a_replaced_parameter_another_adapter_or_dtype_is_seen(name):
                 torch.testing.assert_close(layer(inp), expected, atol=1e-5, rtol=1e-5)
     lf.set_active(block, ["default"])
     _check(block, x)
+    layer = block.k_proj
+    old = layer.base_layer
+    layer.base_layer = nn.Linear(old.in_features, old.out_features, bias=False)  # another base module
+    _check(block, x)
+    layer.base_layer = old
     block.double()
     _check(block, x.double())
 

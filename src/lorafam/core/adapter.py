@@ -90,12 +90,13 @@ class Adapter(nn.Module):
 
         The layer calls it from its ``__call__`` instead of running ``nn.Module.__call__``, ``forward`` and
         :meth:`add_output_` (a decoded token passes 210 adapted layers on SmolLM2, and on a slow CPU each of
-        those Python frames costs microseconds). So ``f`` must check, on every call, everything its result
-        depends on that can change (``layer`` itself: a deep copy shares ``f``; the layer's active, merged and
-        disabled state; parameter identity, storage and version; the scale; train/eval where dropout is
-        active; hooks on ``base``), returning ``None`` after setting ``layer._decode_call = None`` when stale,
-        and its output must equal :meth:`add_output_`'s. It must not hold ``layer`` itself (compare ``id``): a
-        reference cycle would keep a dropped model in memory until the garbage collector runs.
+        those Python frames costs microseconds). The layer itself checks its own state before each call (that
+        it is the layer and the base ``f`` was built for, its active, merged and disabled state, hooks on it
+        and on ``base``); ``f`` must check, on every call, everything else its result depends on that can change
+        (parameter identity, storage and version; the scale; train/eval where dropout is active; inference
+        mode; dtype), returning ``None`` after setting ``layer._decode_call = None`` when stale, and its output
+        must equal :meth:`add_output_`'s. It must not hold ``layer`` itself: a reference cycle would keep a
+        dropped model in memory until the garbage collector runs.
         """
         return None
 
@@ -218,6 +219,8 @@ class AdaptedLayer(nn.Module):
         self.disabled = False
         self._decode_call: DecodeCall | None = None  # see Adapter.decode_call
         self._decode_miss: Adapter | None = None  # the adapter whose decode_call gave None
+        # what _decode_call was built for: id(self), self.active, the base layer
+        self._decode_owner, self._decode_active, self._decode_base = 0, [], None
         self.in_features, self.out_features = base_shape(base_layer)
         self.train(base_layer.training)  # a wrapper in an eval-mode model starts in eval mode
 
@@ -236,7 +239,16 @@ class AdaptedLayer(nn.Module):
         call = self._decode_call
         if call is not None and len(args) == 1 and not kwargs and not _grad_enabled():
             g = _GLOBAL_HOOKS
-            if not (
+            base = self._modules["base_layer"]
+            if (  # the layer's own state: the function was built for this layer, its one active adapter
+                id(self) != self._decode_owner  # a copy made without __getstate__ shares the function
+                or self.active != self._decode_active
+                or base is not self._decode_base
+                or self.merged
+                or self.disabled
+            ):
+                self._decode_call = None  # forward builds a new one when the layer is eligible again
+            elif not (
                 self._forward_hooks
                 or self._forward_pre_hooks
                 or self._backward_hooks
@@ -247,6 +259,9 @@ class AdaptedLayer(nn.Module):
                 or g[3]
                 or self._compiled_call_impl is not None
                 or _tracing()
+                or base._forward_hooks
+                or base._forward_pre_hooks
+                or base._compiled_call_impl is not None
             ):
                 out = call(self, args[0])
                 if out is not None:
@@ -256,6 +271,7 @@ class AdaptedLayer(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_decode_call"] = state["_decode_miss"] = None  # closures: rebuilt on the next call
+        state["_decode_owner"], state["_decode_active"], state["_decode_base"] = 0, [], None
         return state
 
     def add_adapter(self, name: str, adapter: Adapter) -> None:
@@ -279,6 +295,9 @@ class AdaptedLayer(nn.Module):
                     self._decode_call = adapter.decode_call(self, base)
                     if self._decode_call is None:
                         self._decode_miss = adapter
+                    else:
+                        self._decode_owner, self._decode_active = id(self), list(active)
+                        self.__dict__["_decode_base"] = base  # a plain reference, not a second child module
                 return adapter.add_output_(x, base_out, base)
         else:
             base_out = base(x, *args, **kwargs)

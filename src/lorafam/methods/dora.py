@@ -236,25 +236,18 @@ class DoraAdapter(LoraAdapter):
         vc, pc = _tensor_state(bias)
         scale, inference = self.scaling, torch.is_inference_mode_enabled()
         g, _, c, gsbt, at = self._decode_all(base)
-        active, dtype, no_dropout, layer_id = list(layer.active), at.dtype, self._no_dropout, id(layer)
+        dtype, no_dropout = at.dtype, self._no_dropout
         if w.dtype is not dtype:
             return None
 
         def call(owner: AdaptedLayer, x: Tensor) -> Tensor | None:
             if (
-                id(owner) != layer_id  # a closure holding the layer would make a reference cycle
-                or p["lora_A"] is not a
+                p["lora_A"] is not a
                 or p["lora_B"] is not b
                 or p["lora_magnitude_vector"] is not m
                 or bp["weight"] is not w
                 or bp["bias"] is not bias
-                or owner.active != active
-                or owner.merged
-                or owner.disabled
                 or not (no_dropout or not self.training)
-                or base._forward_hooks
-                or base._forward_pre_hooks
-                or base._compiled_call_impl is not None
                 or a._version != va  # what the constants depend on (as _flat_key), compared one by one
                 or b._version != vb
                 or m._version != vm

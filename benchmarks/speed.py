@@ -10,7 +10,10 @@ Parts (``--parts``, default all; each interleaved A B A B … with per-round pai
                model's own GEMM shapes in fp32 and bf16, and what the arena's ``bf16: auto`` decides here.
 - ``train``    training steps (forward + backward + AdamW) of lorafam LoRA, DoRA, QLoRA (NF4 base) and PEFT LoRA
                at ``--batch`` × ``--seq``, plus LoRA and QLoRA at the arena's short-sequence shape; achieved
-               GFLOP/s (torch's flop counter over the measured median step).
+               GFLOP/s (torch's flop counter over the measured median step). Where bf16 is native (AMX), also
+               lorafam's bf16 regime as ``lorafam train`` runs it, eager and with ``torch_compile: true``.
+- ``bf16loss`` (native bf16 only) the first ``--bf16-loss-steps`` losses of fp32, bf16 and bf16-compiled LoRA
+               from the same init on the same text: the "at matching loss" half of the bf16 target.
 - ``rss``      peak RSS of each arm, each training in its own process.
 - ``gen``      greedy decoding, batch 1, KV cache: base model vs unmerged LoRA, DoRA (lorafam) and PEFT LoRA.
 - ``s2``       S²-Attn vs full (SDPA) attention: one layer's attention call, forward + backward, at 2048/4096.
@@ -35,6 +38,7 @@ from benchmarks.speed_parts import (
     child_rss,
     log_to_stderr,
     model_gemm_shapes,
+    part_bf16loss,
     part_gen,
     part_rss,
     part_s2,
@@ -43,7 +47,7 @@ from benchmarks.speed_parts import (
     s2attn_file,
 )
 
-PARTS = ("machine", "train", "rss", "gen", "s2", "s2step")
+PARTS = ("machine", "train", "bf16loss", "rss", "gen", "s2", "s2step")
 
 
 def part_machine(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arena-batch", type=int, default=4, help="the arena quick budget's batch size")
     ap.add_argument("--arena-seq", type=int, default=64, help="about the arena tasks' padded length")
     ap.add_argument("--rss-steps", type=int, default=2)
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 arms even where bf16 is native")
+    ap.add_argument("--bf16-loss-steps", type=int, default=20, help="steps of the fp32-vs-bf16 loss comparison")
+    ap.add_argument("--bf16-loss-lr", type=float, default=2e-4)
     ap.add_argument("--gen-tokens", type=int, default=32, help="decoded tokens per round (paired token by token)")
     ap.add_argument("--prompt", type=int, default=32, help="prompt length for decoding")
     ap.add_argument("--s2-seqs", type=int, nargs="+", default=[2048, 4096])
@@ -114,7 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_start": load_average(),
     }
     data["started_utc"] = data["machine"]["time_utc"]  # kept when a partial run carries an older machine part
-    runners = {"train": part_train, "rss": part_rss, "gen": part_gen, "s2": part_s2, "s2step": part_s2step}
+    runners = {
+        "train": part_train,
+        "bf16loss": part_bf16loss,
+        "rss": part_rss,
+        "gen": part_gen,
+        "s2": part_s2,
+        "s2step": part_s2step,
+    }
     for part in PARTS:
         if part not in parts:
             continue

@@ -19,6 +19,7 @@ from benchmarks.common import child_report, count_flops, interleaved, paired, py
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ARMS = ("lora", "dora", "qlora", "peft-lora")
+BF16_ARMS = ("lora bf16", "lora bf16 compiled")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -68,6 +69,51 @@ class Stepper:
         self.opt.zero_grad(set_to_none=True)
 
 
+class Bf16Stepper:
+    """lorafam's bf16 regime as ``lorafam train`` runs it (``bf16: true``): the frozen base stored in bf16
+    (``cast_frozen``), adapters and AdamW state in fp32, each forward under bf16 autocast, the trainer's loss
+    (:func:`lorafam.train.loss.causal_lm_loss`: the head and cross-entropy in chunks), optionally with the body
+    compiled as ``torch_compile: true`` does (:func:`lorafam.train.compile.compile_for_training`).
+    ``precision="fp32"`` is the same step without the cast and autocast (the loss comparison's reference)."""
+
+    def __init__(self, tiny: bool, batch: torch.Tensor, compiled: bool, precision: str = "bf16", seed: int = 0):
+        import lorafam as lf
+        from lorafam.train.compile import compile_for_training
+
+        self.model = build("lora", tiny, seed=seed)
+        self.bf16 = precision == "bf16"
+        if self.bf16:
+            lf.cast_frozen(self.model, torch.bfloat16)
+        if compiled:
+            compile_for_training(self.model)
+        self.model.train()
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
+        self.batch = batch
+        self.first_step_s: float | None = None
+
+    def step(self) -> float:
+        from lorafam.train.loss import causal_lm_loss
+
+        t = time.perf_counter()
+        with torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
+            nll, n = causal_lm_loss(self.model, {"input_ids": self.batch, "labels": self.batch})
+            loss = nll / n
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.first_step_s is None:
+            self.first_step_s = time.perf_counter() - t
+        return float(loss.detach())
+
+
+def bf16_here() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (AMX or AVX512-BF16); elsewhere the bf16 arms are skipped:
+    emulated bf16 is 5-7x slower than fp32 and the target is about AMX machines."""
+    from lorafam.core.precision import native_bf16
+
+    return native_bf16("cpu")
+
+
 def tokens(vocab: int, batch: int, seq: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
@@ -105,15 +151,37 @@ def part_train(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
             s.step(),
             setattr(s, "batch", main),
         )
+    bf16 = bf16_here() and not args.no_bf16
+    arms = ARMS + (BF16_ARMS if bf16 else ())
+    if bf16:  # AMX: lorafam's bf16 regime, eager and with torch_compile, against PEFT's fp32 step
+        for arm in BF16_ARMS:
+            steppers[arm] = Bf16Stepper(args.tiny, main, compiled=arm.endswith("compiled"))  # type: ignore[assignment]
+            contenders[arm] = steppers[arm].step
     log(f"[train] warm-up + flop count: {list(contenders)}")
-    flops = {arm: count_flops(steppers[arm].step) for arm in ARMS}  # the warm-up step of each main arm
+    flops = {arm: count_flops(steppers[arm].step) for arm in arms if arm != "lora bf16 compiled"}
+    if bf16:  # compiling runs in the first call (timed apart); its FLOPs are the eager regime's
+        steppers["lora bf16 compiled"].step()
+        flops["lora bf16 compiled"] = flops["lora bf16"]
     for name in contenders:
         if name not in flops:
             contenders[name]()
     timing = interleaved(contenders, repeats=args.rounds, warmup=0, log=lambda m: log("[train]" + m))
     raw = {k: v["raw_s"] for k, v in timing.items()}
     med = {k: v["median_s"] for k, v in timing.items()}
-    return {
+    extra: dict[str, Any] = {}
+    if bf16:
+        extra["bf16"] = {
+            "regime": "cast_frozen (frozen base in bf16) + bf16 autocast + causal_lm_loss, adapters/AdamW fp32",
+            "compile_first_step_s": steppers["lora bf16 compiled"].first_step_s,
+            "ratios": {
+                "lora bf16 / peft-lora": paired(raw["lora bf16"], raw["peft-lora"]),
+                "lora bf16 compiled / peft-lora": paired(raw["lora bf16 compiled"], raw["peft-lora"]),
+                "lora bf16 compiled / lora bf16": paired(raw["lora bf16 compiled"], raw["lora bf16"]),
+            },
+        }
+    else:
+        extra["bf16"] = {"skipped": "--no-bf16" if args.no_bf16 else "no native bf16 matmuls on this CPU"}
+    return extra | {
         "shape": {
             "batch": args.batch,
             "seq": args.seq,
@@ -122,13 +190,53 @@ def part_train(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
         },
         "timing": timing,
         "flops_per_step": flops,
-        "achieved_gflops": {arm: flops[arm] / med[arm] / 1e9 for arm in ARMS},
+        "achieved_gflops": {arm: flops[arm] / med[arm] / 1e9 for arm in arms},
         "ratios": {
             "dora / lora": paired(raw["dora"], raw["lora"]),
             "lora / peft-lora": paired(raw["lora"], raw["peft-lora"]),
             "qlora / lora": paired(raw["qlora"], raw["lora"]),
             "qlora / lora, arena shape": paired(raw["qlora arena-shape"], raw["lora arena-shape"]),
         },
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# part: bf16loss (AMX: the bf16 regime's first steps against fp32's, same init, same text)
+# ---------------------------------------------------------------------------------------------------------------
+def part_bf16loss(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """``--bf16-loss-steps`` steps of fp32, bf16 and bf16 compiled LoRA from the same initialisation on the same
+    batches of real English text (the train part's shape); per step, the relative loss difference to fp32."""
+    if not bf16_here() or args.no_bf16:
+        return {"skipped": "--no-bf16" if args.no_bf16 else "no native bf16 matmuls on this CPU"}
+    import lorafam as lf
+    from benchmarks.train_step_parts import text_batches
+
+    tok = None if args.tiny else lf.load_tokenizer()
+    vocab = 256 if args.tiny else 49152
+    batches = text_batches(tok, vocab, args.batch, args.seq, args.bf16_loss_steps)
+    curves: dict[str, list[float]] = {}
+    for name, precision, compiled in (("fp32", "fp32", False), ("bf16", "bf16", False),
+                                      ("bf16 compiled", "bf16", True)):  # fmt: skip
+        s = Bf16Stepper(args.tiny, batches[0], compiled=compiled, precision=precision)  # same seed: same init
+        for g in s.opt.param_groups:
+            g["lr"] = args.bf16_loss_lr
+        t = time.perf_counter()
+        curves[name] = []
+        for b in batches:
+            s.batch = b
+            curves[name].append(s.step())
+        log(
+            f"[bf16loss] {name}: {curves[name][0]:.4f} -> {curves[name][-1]:.4f} ({time.perf_counter() - t:.0f} s)"
+        )
+        del s
+    rel = {k: [abs(a - b) / b for a, b in zip(curves[k], curves["fp32"])] for k in ("bf16", "bf16 compiled")}
+    return {
+        "steps": args.bf16_loss_steps,
+        "lr": args.bf16_loss_lr,
+        "shape": {"batch": args.batch, "seq": args.seq},
+        "curves": curves,
+        "rel_diff_per_step": rel,
+        "max_rel_diff": {k: max(v) for k, v in rel.items()},
     }
 
 

@@ -83,16 +83,33 @@ def summary(d: dict[str, Any]) -> list[dict[str, Any]]:
             "status": "met" if auto["uses_bf16"] == faster else "missed",
             "note": auto["why"],
         })  # fmt: skip
-        rows.append(
-            {
-                "target": "LoRA step in the bf16 regime ≤ 0.5× PEFT fp32 (AMX CPUs)",
-                "limit": "≤ 0.5",
-                "measured": "not measurable here" if not m["amx"] else "see train part",
-                "status": "n/a: no AMX" if not m["amx"] else "not measured",
-                "note": f"bf16 / fp32 GEMM throughput here: "
-                f"{m['gemm']['bfloat16']['peak_gflops'] / m['gemm']['float32']['peak_gflops']:.2f}×",
-            }
-        )
+        rows += _bf16_rows(d, m)
+    return rows
+
+
+def _bf16_rows(d: dict[str, Any], m: dict[str, Any]) -> list[dict[str, Any]]:
+    """The AMX target: a LoRA step in lorafam's bf16 regime ≤ 0.5× PEFT's fp32 step, at matching loss."""
+    gemm = f"bf16 / fp32 GEMM throughput here: {m['gemm']['bfloat16']['peak_gflops'] / m['gemm']['float32']['peak_gflops']:.2f}×"
+    b = (d.get("train") or {}).get("bf16") or {}
+    if "ratios" not in b:
+        why = b.get("skipped") or ("no AMX" if not m["amx"] else "no train part in this run")
+        return [{"target": "LoRA step in the bf16 regime / PEFT fp32's (AMX CPUs)", "limit": "≤ 0.5",
+                 "measured": "not measured", "status": f"n/a: {why}", "note": gemm}]  # fmt: skip
+    loss = (d.get("bf16loss") or {}).get("max_rel_diff") or {}
+    steps = (d.get("bf16loss") or {}).get("steps")
+    rows = []
+    for key, label, lkey in (("lora bf16 / peft-lora", "eager", "bf16"),
+                             ("lora bf16 compiled / peft-lora", "torch_compile: true", "bf16 compiled")):  # fmt: skip
+        row = _row(f"LoRA step in the bf16 regime ({label}) / PEFT fp32's", b["ratios"][key], 0.5)
+        drift = loss.get(lkey)
+        note = f"{gemm}; loss: " + (f"max |Δ| / fp32 over the first {steps} steps {100 * drift:.2f} % (≤ 2 %)"
+                                    if drift is not None else "not compared in this run")  # fmt: skip
+        if label != "eager":
+            note += f"; compiling took {b['compile_first_step_s']:.0f} s of the first step"
+        if drift is None or drift > 0.02:
+            row["status"] = "missed" if drift is not None else "not measured (loss)"
+        row["note"] = note
+        rows.append(row)
     return rows
 
 
@@ -126,7 +143,9 @@ def _loaded(d: dict[str, Any], cpus: int) -> bool:
 
 
 def _part_loads(d: dict[str, Any]) -> str:
-    parts = [p for p in ("machine", "train", "rss", "gen", "s2", "s2step") if isinstance(d.get(p), dict)]
+    parts = [
+        p for p in ("machine", "train", "bf16loss", "rss", "gen", "s2", "s2step") if isinstance(d.get(p), dict)
+    ]
     return "; ".join(
         f"{p} {d[p]['load_start'][0]} → {d[p]['load_end'][0]}, {d[p]['wall_s'] / 60:.1f}"
         for p in parts
@@ -155,6 +174,14 @@ def _detail_tables(d: dict[str, Any]) -> list[str]:
         )
         out += ["", "This machine's GEMM peak at the model's own shapes (`F.linear`, GFLOP/s):", ""]
         out += [md_table(["GEMM", "tokens", "in", "out", "fp32", "bf16"], rows)]
+    bl = d.get("bf16loss")
+    if bl and "curves" in bl:
+        c = bl["curves"]
+        rows = [(i + 1, c["fp32"][i], c["bf16"][i], c["bf16 compiled"][i], 100 * bl["rel_diff_per_step"]["bf16"][i],
+                 100 * bl["rel_diff_per_step"]["bf16 compiled"][i]) for i in range(bl["steps"])]  # fmt: skip
+        out += ["", f"bf16 regime vs fp32, LoRA from the same initialisation on the same text (batch "
+                    f"{bl['shape']['batch']}×{bl['shape']['seq']}, lr {bl['lr']}), loss per step:", ""]  # fmt: skip
+        out += [md_table(["step", "fp32", "bf16", "bf16 compiled", "bf16 Δ %", "compiled Δ %"], rows)]
     r = d.get("rss")
     if r:
         rows = [(arm, v["peak_rss_mib"], v["source"]) for arm, v in r["arms"].items()]

@@ -228,3 +228,35 @@ def test_resume_without_a_checkpoint_starts_fresh(setup):
     res = run(setup, "fresh", max_steps=2, resume_from_checkpoint=True)
     steps = [json.loads(x)["current_steps"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert res.steps == 2 and steps == [1, 2]
+
+
+def test_torch_compile_gives_the_same_run(setup):
+    """``torch_compile: true`` (HF's key): the body runs compiled, the run's adapter is eager's to fp32 rounding."""
+    from torch._dynamo.utils import counters
+
+    a = run(setup, "tc0", max_steps=3, learning_rate=1e-3)
+    counters.clear()
+    b = run(setup, "tc1", max_steps=3, learning_rate=1e-3, torch_compile=True)
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo did compile the body
+    wa, wb = adapter(a.adapter_dir), adapter(b.adapter_dir)
+    assert max_diff(wa, wb) < 1e-5
+    assert (
+        max_diff(wa, adapter(run(setup, "tc2", max_steps=3, learning_rate=2e-3).adapter_dir)) > 1e-4
+    )  # sensitive
+    assert [round(x, 4) for _, x in a.loss_curve] == [round(x, 4) for _, x in b.loss_curve]
+
+
+def test_torch_compile_refusals(setup):
+    from lorafam.train.compile import compile_for_training, is_compiled
+
+    with pytest.raises(TrainingError, match=r"torch_compile_backend='nope'.*valid: \[.*'inductor'"):
+        run(setup, "tc-bad", max_steps=1, torch_compile=True, torch_compile_backend="nope")
+    with pytest.raises(ValueError, match="torch_compile_mode"):
+        make_config(base_config(setup[1], setup[2], setup[0] / "x", torch_compile_mode="fastest"))
+    import lorafam as lf
+
+    model = lf.tiny_llama(vocab_size=64, hidden=16, layers=1, heads=2, kv_heads=1, intermediate=32)
+    before = list(model.state_dict())
+    assert not is_compiled(model)
+    body = compile_for_training(model, backend="eager")
+    assert body is model.model and is_compiled(model) and list(model.state_dict()) == before

@@ -86,6 +86,9 @@ class TrainConfig(BaseModel):
     max_grad_norm: float | None = 1.0
     bf16: bool = False
     gradient_checkpointing: bool = False
+    torch_compile: bool = False
+    torch_compile_backend: str = "inductor"
+    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
     loss_chunk_size: int = Field(512, gt=0)
     ddp_find_unused_parameters: bool = False
     fsdp: bool = False

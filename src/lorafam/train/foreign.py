@@ -231,7 +231,6 @@ FOREIGN: dict[str, Foreign] = {
     "include_num_input_tokens_seen": Foreign(HF, "note", "metrics.jsonl always carries total_tokens"),
     "local_rank": Foreign(HF, "note", "the rank comes from torchrun's environment"),
     "ddp_backend": Foreign(HF, "note", "gloo on CPU, NCCL on CUDA", neutral=(None, "gloo", "nccl")),
-    "torch_compile": Foreign(HF, "refuse", "torch.compile is not applied to the training step", neutral=(False,)),
     "push_to_hub": Foreign(HF, "refuse", "nothing is uploaded; copy output_dir yourself", neutral=(False,)),
     "hub_model_id": Foreign(HF, "note", "nothing is uploaded"),
     "hub_token": Foreign(HF, "note", "nothing is uploaded"),

@@ -179,6 +179,17 @@ def _setup(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) 
             distributed.check_fsdp(model, callbacks, cfg.save_strategy, every, total)
         except distributed.NotShardableError as exc:
             raise TrainingError(str(exc)) from exc
+    if cfg.torch_compile:  # in place, before DDP wraps the loss: names, state_dict and checkpoints stay eager's
+        from lorafam.train.compile import compile_for_training
+
+        if cfg.fsdp:
+            raise TrainingError("torch_compile with fsdp is not supported here (untested); drop one of the two")
+        try:
+            part = compile_for_training(model, cfg.torch_compile_backend, cfg.torch_compile_mode)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from exc
+        console.print(f"torch_compile: {type(part).__name__} compiled in place (backend {cfg.torch_compile_backend}"
+                      "); the first step, and the first one at a new batch shape, include compilation")  # fmt: skip
     runner = distributed.wrap(LossModule(model, cfg.loss_chunk_size), model, info, fsdp=cfg.fsdp,
                               find_unused=cfg.ddp_find_unused_parameters)  # fmt: skip
     optimizer = build_optimizer(model, cfg, loraplus_ratio(cfg))  # after wrap: FSDP2 replaces the parameters

@@ -239,9 +239,12 @@ def _shifted_without_padding(
     """
     b, h, n, d = q.shape
     whole = (n - group) // group
-    qm, km, vm = (t[:, :, s : n - s].reshape(b, h * whole, group, d) for t in (q, k, v))
+    # split, not slicing: the backward of a split is one cat of the pieces' gradients, where each slice's
+    # backward would zero-fill a whole-sequence gradient and add it to the others
+    (qs, qm, qt), (ks, km, kt), (vs, vm, vt) = (t.split([s, n - 2 * s, s], dim=2) for t in (q, k, v))
+    qm, km, vm = (t.reshape(b, h * whole, group, d) for t in (qm, km, vm))
     mid = F.scaled_dot_product_attention(qm, km, vm, dropout_p=dropout, is_causal=True, scale=scaling)
-    qe, ke, ve = (torch.cat([t[:, :, :s], t[:, :, n - s :]], dim=1) for t in (q, k, v))  # (b, 2h, s, d)
+    qe, ke, ve = (torch.cat(pair, dim=1) for pair in ((qs, qt), (ks, kt), (vs, vt)))  # (b, 2h, s, d)
     ends = F.scaled_dot_product_attention(qe, ke, ve, dropout_p=dropout, is_causal=True, scale=scaling)
     return [ends[:, :h], mid.view(b, h, n - group, d), ends[:, h:]]
 
@@ -280,12 +283,11 @@ def s2_attention(
         return None if t is None else (t if t.shape[1] == 1 else t[:, sl])
 
     first, second = slice(0, half), slice(half, h)
-    out_a = _grouped_attention(
-        q[:, first], k[:, first], v[:, first], heads(keep, first), 0, g, False, dropout, scaling
-    )
+    # the two halves of the heads by split (one cat in backward; slices would each zero-fill a full gradient)
+    (qa, qb), (ka, kb), (va, vb) = (t.split([half, h - half], dim=1) for t in (q, k, v))
+    out_a = _grouped_attention(qa, ka, va, heads(keep, first), 0, g, False, dropout, scaling)
     out_b = _grouped_attention(
-        q[:, second], k[:, second], v[:, second], heads(keep, second), g // 2, g, settings.wraparound, dropout,
-        scaling,
+        qb, kb, vb, heads(keep, second), g // 2, g, settings.wraparound, dropout, scaling
     )  # fmt: skip
     return torch.cat([torch.cat(out_a, dim=2), torch.cat(out_b, dim=2)], dim=1)
 

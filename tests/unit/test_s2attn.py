@@ -198,30 +198,27 @@ def test_groups_run_in_sdpas_fused_kernel_not_the_unfused_fallback():
 
 
 @pytest.mark.parametrize("heads", [(4, 2), (9, 3)])
-def test_shifted_half_without_pad_slots_equals_the_padded_layout(heads):
-    """With n a multiple of G the shifted heads skip the layout's pad slots (two half groups in their own SDPA call):
-    same outputs and gradients as the padded layout, and as the naive reference."""
-    import torch.nn.functional as F
-
+def test_in_model_layout_equals_the_padded_layout(heads):
+    """With n a multiple of G and no mask, S²-Attn runs in the projections' layout without pad slots: the same
+    outputs and gradients as the general path (each half through the padded layout), and as the naive reference."""
     h, hkv = heads
     n, group = 64, 16
     q, k, v = (t.requires_grad_() for t in _qkv(b=1, h=h, hkv=hkv, n=n))
     kk, vv = k.repeat_interleave(h // hkv, 1), v.repeat_interleave(h // hkv, 1)
-    total, runs = s2attn.layout_runs(n, group, group // 2)
-    padded = F.scaled_dot_product_attention(
-        *(
-            s2attn.shift_runs(t, total, runs).view(1, h * (total // group), group, t.shape[-1])
-            for t in (q, kk, vv)
-        ),
-        is_causal=True,
-    )
-    padded = torch.cat(s2attn.unshift_runs(padded.view(1, h, total, -1), runs), dim=2)
-    direct = torch.cat(s2attn._shifted_without_padding(q, kk, vv, group // 2, group, 0.0, None), dim=2)
+    half = h // 2
+    a = torch.cat(s2attn._grouped_attention(q[:, :half], kk[:, :half], vv[:, :half], None, 0, group, False, 0.0,
+                                            None), dim=2)  # fmt: skip
+    b = torch.cat(s2attn._grouped_attention(q[:, half:], kk[:, half:], vv[:, half:], None, group // 2, group,
+                                            False, 0.0, None), dim=2)  # fmt: skip
+    padded = torch.cat([a, b], dim=1)
+    direct = s2attn._s2_in_model_layout(q, kk, vv, group, 0.0, None)
+    assert direct.shape == (1, n, h, q.shape[-1]) and direct.is_contiguous()
+    direct = direct.transpose(1, 2)
     torch.testing.assert_close(direct, padded, atol=1e-6, rtol=1e-6)
     go = torch.randn_like(direct)
     g1 = torch.autograd.grad(direct, (q, k, v), go)
     g2 = torch.autograd.grad(padded, (q, k, v), go)
-    for a, b in zip(g1, g2):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for x, y in zip(g1, g2):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
     out = s2_attention(q, k, v, S2AttnSettings(0.25))
     torch.testing.assert_close(out, ref.s2_attention(q, k, v, 0.25), atol=1e-5, rtol=1e-5)

@@ -88,7 +88,9 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = False
     torch_compile: bool = False
     torch_compile_backend: str = "inductor"
-    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
+    torch_compile_mode: (
+        Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
+    ) = None
     loss_chunk_size: int = Field(512, gt=0)
     ddp_find_unused_parameters: bool = False
     fsdp: bool = False

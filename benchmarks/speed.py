@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-tokens", type=int, default=32, help="decoded tokens per round (paired token by token)")
     ap.add_argument("--prompt", type=int, default=32, help="prompt length for decoding")
     ap.add_argument("--s2-seqs", type=int, nargs="+", default=[2048, 4096])
-    ap.add_argument("--s2-step-rounds", type=int, default=3, help="interleaved rounds of the whole S² step")
+    ap.add_argument("--s2-step-rounds", type=int, default=5, help="interleaved rounds of the whole S² step")
     ap.add_argument("--s2-threads", type=int, default=2, help="torch threads for the whole S² step")
     ap.add_argument(
         "--s2-step-budget-s", type=float, default=0.0,

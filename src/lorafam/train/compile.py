@@ -13,8 +13,9 @@ tokens, 1 thread): 0.65 s per step compiled against 0.82 s eager; compiling took
 (docs/performance.md).
 
 The cost is that first step, and one more compilation when the batch shape first changes (dynamo then makes the
-sequence length a symbolic size, so later lengths reuse that graph). Short runs on small models do not win it
-back; long runs do.
+sequence length a symbolic size, so later lengths reuse that graph). ``lorafam train examples/lora.yaml
+bf16=true torch_compile=true`` on the same machine: 0.91 s per step against 1.15 s eager, after 235 s of
+compiling on a cold inductor cache (28 s with a warm one). Short runs do not win it back; long runs do.
 """
 
 from __future__ import annotations

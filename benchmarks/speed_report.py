@@ -102,8 +102,9 @@ def _bf16_rows(d: dict[str, Any], m: dict[str, Any]) -> list[dict[str, Any]]:
                              ("lora bf16 compiled / peft-lora", "torch_compile: true", "bf16 compiled")):  # fmt: skip
         row = _row(f"LoRA step in the bf16 regime ({label}) / PEFT fp32's", b["ratios"][key], 0.5)
         drift = loss.get(lkey)
-        note = f"{gemm}; loss: " + (f"max |Δ| / fp32 over the first {steps} steps {100 * drift:.2f} % (≤ 2 %)"
-                                    if drift is not None else "not compared in this run")  # fmt: skip
+        note = f"{gemm}; loss: " + (f"largest relative difference to fp32 over the first {steps} steps "
+                                    f"{100 * drift:.2f} % (≤ 2 %)" if drift is not None
+                                    else "not compared in this run")  # fmt: skip
         if label != "eager":
             note += f"; compiling took {b['compile_first_step_s']:.0f} s of the first step"
         if drift is None or drift > 0.02:
@@ -137,9 +138,14 @@ def _machine_line(d: dict[str, Any]) -> str:
 
 
 def _loaded(d: dict[str, Any], cpus: int) -> bool:
-    """Whether other work competed for the CPUs: a 1-minute load above what this run itself puts on them."""
+    """Whether other work competed for the CPUs: a 1-minute load above what this run itself puts on them (its
+    torch threads, or the whole S² step's threads when that part ran), with half a CPU of slack; a run on fewer
+    threads than CPUs is judged against 0.75 × the CPUs at most."""
     loads = [d.get("load_average_start") or [0], d.get("load_average_end") or [0]]
-    return max(x[0] for x in loads) > 0.75 * cpus
+    own = max(
+        int((d.get("machine") or {}).get("torch_threads") or 1), int((d.get("s2step") or {}).get("threads") or 1)
+    )
+    return max(x[0] for x in loads) > max(own + 0.5, 0.75 * cpus)
 
 
 def _part_loads(d: dict[str, Any]) -> str:
@@ -157,14 +163,19 @@ def _detail_tables(d: dict[str, Any]) -> list[str]:
     out: list[str] = []
     m, t = d.get("machine"), d.get("train")
     if t and m and "gemm" in m:
-        fp32 = m["gemm"]["float32"]["peak_gflops"]
-        rows = [
-            (arm, v["median_s"], v["min_s"], v["max_s"], t["achieved_gflops"].get(arm, "—"),
-             f"{100 * t['achieved_gflops'][arm] / fp32:.0f}%" if arm in t["achieved_gflops"] else "—")
-            for arm, v in t["timing"].items()
-        ]  # fmt: skip
-        out += ["", "Train steps (median of the interleaved rounds; GFLOP/s from torch's flop counter):", ""]
-        out += [md_table(["arm", "median s", "min s", "max s", "achieved GFLOP/s", "of fp32 GEMM peak"], rows)]
+        peaks = {"fp32": m["gemm"]["float32"]["peak_gflops"], "bf16": m["gemm"]["bfloat16"]["peak_gflops"]}
+
+        def of_peak(arm: str) -> str:  # a bf16-regime arm against the bf16 peak, the others against fp32's
+            if arm not in t["achieved_gflops"]:
+                return "—"
+            dtype = "bf16" if "bf16" in arm else "fp32"
+            return f"{100 * t['achieved_gflops'][arm] / peaks[dtype]:.0f}% of {dtype}"
+
+        rows = [(arm, v["median_s"], v["min_s"], v["max_s"], t["achieved_gflops"].get(arm, "—"), of_peak(arm))
+                for arm, v in t["timing"].items()]  # fmt: skip
+        out += ["", "Train steps (median of the interleaved rounds; GFLOP/s from torch's flop counter; the bf16 arms "
+                    "are lorafam's bf16 regime as `lorafam train --bf16` runs it, against the bf16 GEMM peak):", ""]  # fmt: skip
+        out += [md_table(["arm", "median s", "min s", "max s", "achieved GFLOP/s", "of the GEMM peak"], rows)]
     if m and "gemm" in m:
         g = m["gemm"]
         rows = [(name, *g["shapes"][name], g["float32"]["per_shape_gflops"][name],

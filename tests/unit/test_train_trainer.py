@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -270,3 +271,26 @@ def test_torch_compile_refusals(setup):
     assert not is_compiled(model)
     body = compile_for_training(model, backend="eager")
     assert body is model.model and is_compiled(model) and list(model.state_dict()) == before
+
+
+def test_dora_traces_without_graph_breaks():
+    """Under dynamo DoRA computes its norm without the version-counter cache, so the body is one graph."""
+    from torch._dynamo.utils import counters
+
+    import lorafam as lf
+    from lorafam.train.compile import compile_for_training
+    from lorafam.train.loss import causal_lm_loss
+
+    torch._dynamo.reset()  # the other tests' compiled graphs of the same forward count against dynamo's cache limit
+    torch.manual_seed(0)
+    model = lf.tiny_llama(vocab_size=64, hidden=32, layers=1, heads=4, kv_heads=2, intermediate=64)
+    lf.attach(model, lf.DoraConfig(rank=4, alpha=8, targets=["q_proj", "v_proj", "down_proj"]))
+    eager = copy.deepcopy(model).train()
+    model.train()
+    compile_for_training(model, backend="eager")
+    x = torch.randint(0, 64, (2, 12))
+    counters.clear()
+    got, _ = causal_lm_loss(model, {"input_ids": x, "labels": x})
+    want, _ = causal_lm_loss(eager, {"input_ids": x, "labels": x})
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    torch.testing.assert_close(got, want)

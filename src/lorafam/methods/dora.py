@@ -115,6 +115,8 @@ class DoraAdapter(LoraAdapter):
         optimizer step, a checkpointed layer's recomputation and decoding compute it once. The norm is a
         constant in backprop (paper §4.3), so a cached value is the same tensor the gradient would see.
         """
+        if torch.compiler.is_compiling():  # traced by dynamo (torch_compile): no cache, whose key reads version
+            return self._traced_weight_norm(base)  # counters, storage pointers and inference mode (graph breaks)
         key = self._norm_key(base)
         if self._norm_cache is not None and self._norm_cache_key == key and key[-1] != -1:
             return self._norm_cache
@@ -127,13 +129,20 @@ class DoraAdapter(LoraAdapter):
         self._norm_cache, self._norm_cache_key = norm, key
         return norm
 
-    def _weight_norm(self, w0: Tensor, base: nn.Module) -> Tensor:
+    def _weight_norm(self, w0: Tensor, base: nn.Module, w0_sq: Tensor | None = None) -> Tensor:
         a, b = self.lora_A.float(), self.lora_B.float()
         s = self.scaling
         # ‖W0 + sBA‖²_i = ‖W0‖²_i + Σ_k B_ik T_ik  with  T = 2s·W0Aᵀ + s²·B(AAᵀ)  (out, r): one addmm for T
         t = torch.addmm(b @ (a @ a.T), w0.float(), a.T, beta=s * s, alpha=2 * s)
-        sq = torch.linalg.vecdot(b, t).add_(self._w0_row_sq(w0, base))
+        sq = torch.linalg.vecdot(b, t).add_(self._w0_row_sq(w0, base) if w0_sq is None else w0_sq)
         return sq.clamp_min_(0).sqrt_()
+
+    def _traced_weight_norm(self, base: nn.Module) -> Tensor:
+        """:meth:`weight_norm` without its caches, for a graph dynamo traces: the same arithmetic, recomputed
+        each forward (‖W0‖² too), so the compiled graph needs no guard on version counters."""
+        w0 = base_weight(base)
+        with torch.no_grad(), torch.autocast(w0.device.type, enabled=False):
+            return self._weight_norm(w0, base, (w0.float() ** 2).sum(dim=1))
 
     def _scale(self, base: nn.Module) -> Tensor:
         """g = m / ‖W0 + s·BA‖_c (out,); g itself is cached too when no gradient is being recorded."""

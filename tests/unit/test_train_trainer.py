@@ -251,10 +251,14 @@ def test_torch_compile_gives_the_same_run(setup):
 def test_torch_compile_other_members_give_the_same_run(setup, member):
     """Members whose adapters read caches or train embeddings: compiled (with graph breaks where dynamo cannot
     trace, e.g. DoRA's norm-cache key), the run still equals eager's."""
-    a = run(setup, f"tc-{member}-0", max_steps=3, learning_rate=1e-3, member=member)
-    b = run(setup, f"tc-{member}-1", max_steps=3, learning_rate=1e-3, member=member, torch_compile=True)
+    kw = dict(max_steps=4, learning_rate=1e-3, member=member, val_size=8, eval_steps=2)  # no-grad evaluation too
+    a = run(setup, f"tc-{member}-0", **kw)
+    b = run(setup, f"tc-{member}-1", **kw, torch_compile=True)
     assert max_diff(adapter(a.adapter_dir), adapter(b.adapter_dir)) < 1e-5
     assert [round(x, 4) for _, x in a.loss_curve] == [round(x, 4) for _, x in b.loss_curve]
+    assert len(a.eval_curve) == 2 and [round(x, 4) for _, x in a.eval_curve] == [
+        round(x, 4) for _, x in b.eval_curve
+    ]
 
 
 def test_torch_compile_refusals(setup):

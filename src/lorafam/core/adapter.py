@@ -184,6 +184,8 @@ DecodeCall = Callable[["AdaptedLayer", Tensor], "Tensor | None"]
 _module_call = nn.Module.__call__
 _grad_enabled = torch.is_grad_enabled
 _tracing = torch._C._get_tracing_state
+_compiling = torch.compiler.is_compiling  # dynamo traces the plain forward: a decode function per layer would
+# make it guard on each layer's own tensors and recompile per layer (torch_compile's no-grad evaluation)
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -237,7 +239,7 @@ class AdaptedLayer(nn.Module):
         """``nn.Module.__call__``, except that a call without autograd, hooks or tracing goes straight to the
         active adapter's decode function where it has one (:meth:`Adapter.decode_call`)."""
         call = self._decode_call
-        if call is not None and len(args) == 1 and not kwargs and not _grad_enabled():
+        if call is not None and len(args) == 1 and not kwargs and not _grad_enabled() and not _compiling():
             g = _GLOBAL_HOOKS
             base = self._modules["base_layer"]
             if (  # the layer's own state: the function was built for this layer, its one active adapter
@@ -291,7 +293,12 @@ class AdaptedLayer(nn.Module):
             active = self.active
             if len(active) == 1 and active[0] not in self.merged:  # the common case: base_out is ours alone
                 adapter = modules["adapters"]._modules[active[0]]
-                if self._decode_call is None and self._decode_miss is not adapter and not _grad_enabled():
+                if (
+                    self._decode_call is None
+                    and self._decode_miss is not adapter
+                    and not _grad_enabled()
+                    and not _compiling()
+                ):
                     self._decode_call = adapter.decode_call(self, base)
                     if self._decode_call is None:
                         self._decode_miss = adapter

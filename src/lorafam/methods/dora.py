@@ -148,7 +148,7 @@ class DoraAdapter(LoraAdapter):
         """g = m / ‖W0 + s·BA‖_c (out,); g itself is cached too when no gradient is being recorded."""
         m = self._parameters["lora_magnitude_vector"]
         norm = self.weight_norm(base)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return m / norm
         cached = self._g_cache  # (norm it was computed from, m's version, m's storage, g)
         if cached is None or cached[0] is not norm or cached[1:3] != (m._version, m.data_ptr()):
@@ -183,7 +183,12 @@ class DoraAdapter(LoraAdapter):
             and type(self).delta_output is DoraAdapter.delta_output
             and (self._no_dropout or not self.training)
         )
-        if fusable and not torch.is_grad_enabled() and x.dtype == out.dtype == p["lora_A"].dtype:
+        if (
+            fusable
+            and not torch.is_grad_enabled()
+            and x.dtype == out.dtype == p["lora_A"].dtype
+            and not torch.compiler.is_compiling()
+        ):
             g, gsb, c, gsbt, at = self._decode_all(base)  # y = g ⊙ base(x) + (g·s·B) A x + (1 − g) ⊙ b
             if x.dim() == 3 and x.shape[0] == 1:  # batch 1 (decoding): bmm on cached transposes, as LoRA
                 scaled = base_out * g if c is None else torch.addcmul(c, base_out, g)

@@ -23,6 +23,7 @@ from lorafam.core.adapter import AdaptedLayer, Adapter, DecodeCall
 from lorafam.core.config import AdapterConfig
 
 _inference_mode = torch.is_inference_mode_enabled
+_compiling = torch.compiler.is_compiling  # under dynamo: no cached decode factors (their keys break graphs)
 
 INITS = ("kaiming", "gaussian", "pissa", "olora")
 BASE_REWRITING_INITS = ("pissa", "olora")
@@ -268,7 +269,7 @@ class LoraAdapter(Adapter):
         params = self._parameters  # direct dict reads: nn.Module.__getattr__ is slow on a per-token path
         a, b = params["lora_A"], params["lora_B"]
         no_dropout = self._no_dropout or not self.training  # train-mode no-grad forwards drop too, as in PEFT
-        if no_dropout and not torch.is_grad_enabled() and x.dtype == out.dtype == a.dtype:
+        if no_dropout and not torch.is_grad_enabled() and x.dtype == out.dtype == a.dtype and not _compiling():
             if x.dim() == 3 and x.shape[0] == 1:  # batch 1 (decoding): bmm on cached transposes, half the time
                 at, sbt = self.decode_factors()
                 return torch.baddbmm(out, torch.bmm(x, at), sbt)
@@ -287,6 +288,7 @@ class LoraAdapter(Adapter):
         shape = x.shape
         return not (
             torch.is_grad_enabled()
+            or _compiling()  # dynamo traces the general rule: the caches' keys read version counters
             or len(shape) != 3
             or shape[0] != 1
             or not (self._no_dropout or not self.training)

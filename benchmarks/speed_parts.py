@@ -106,12 +106,14 @@ class Bf16Stepper:
         return float(loss.detach())
 
 
-def bf16_here() -> bool:
-    """Whether this CPU runs bf16 matmuls natively (AMX or AVX512-BF16); elsewhere the bf16 arms are skipped:
-    emulated bf16 is 5-7x slower than fp32 and the target is about AMX machines."""
+def bf16_skipped(args: Any) -> str | None:
+    """Why the bf16 arms are not run here, or None when they are: they need bf16 matmuls native to this CPU
+    (AMX or AVX512-BF16; emulated bf16 is 5-7x slower than fp32 and the target is about AMX machines)."""
     from lorafam.core.precision import native_bf16
 
-    return native_bf16("cpu")
+    if args.no_bf16:
+        return "--no-bf16"
+    return None if native_bf16("cpu") else "no native bf16 matmuls on this CPU"
 
 
 def tokens(vocab: int, batch: int, seq: int, seed: int = 0) -> torch.Tensor:
@@ -151,7 +153,8 @@ def part_train(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
             s.step(),
             setattr(s, "batch", main),
         )
-    bf16 = bf16_here() and not args.no_bf16
+    skipped = bf16_skipped(args)
+    bf16 = skipped is None
     arms = ARMS + (BF16_ARMS if bf16 else ())
     if bf16:  # AMX: lorafam's bf16 regime, eager and with torch_compile, against PEFT's fp32 step
         for arm in BF16_ARMS:
@@ -180,7 +183,7 @@ def part_train(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
             },
         }
     else:
-        extra["bf16"] = {"skipped": "--no-bf16" if args.no_bf16 else "no native bf16 matmuls on this CPU"}
+        extra["bf16"] = {"skipped": skipped}
     return extra | {
         "shape": {
             "batch": args.batch,
@@ -206,8 +209,9 @@ def part_train(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
 def part_bf16loss(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
     """``--bf16-loss-steps`` steps of fp32, bf16 and bf16 compiled LoRA from the same initialisation on the same
     batches of real English text (the train part's shape); per step, the relative loss difference to fp32."""
-    if not bf16_here() or args.no_bf16:
-        return {"skipped": "--no-bf16" if args.no_bf16 else "no native bf16 matmuls on this CPU"}
+    skipped = bf16_skipped(args)
+    if skipped:
+        return {"skipped": skipped}
     import lorafam as lf
     from benchmarks.train_step_parts import text_batches
 

@@ -249,8 +249,8 @@ def test_torch_compile_gives_the_same_run(setup):
 
 @pytest.mark.parametrize("member", ["dora", "qlora", "longlora"])
 def test_torch_compile_other_members_give_the_same_run(setup, member):
-    """Members whose adapters read caches or train embeddings: compiled (with graph breaks where dynamo cannot
-    trace, e.g. DoRA's norm-cache key), the run still equals eager's."""
+    """Members whose adapters keep caches (DoRA's norm, skipped while dynamo traces) or train embeddings: the
+    compiled run, evaluation included, equals eager's."""
     kw = dict(max_steps=4, learning_rate=1e-3, member=member, val_size=8, eval_steps=2)  # no-grad evaluation too
     a = run(setup, f"tc-{member}-0", **kw)
     b = run(setup, f"tc-{member}-1", **kw, torch_compile=True)
@@ -268,6 +268,8 @@ def test_torch_compile_refusals(setup):
         run(setup, "tc-bad", max_steps=1, torch_compile=True, torch_compile_backend="nope")
     with pytest.raises(ValueError, match="torch_compile_mode"):
         make_config(base_config(setup[1], setup[2], setup[0] / "x", torch_compile_mode="fastest"))
+    with pytest.raises(ValueError, match="'torch_compile' with 'fsdp'"):
+        make_config(base_config(setup[1], setup[2], setup[0] / "x", torch_compile=True, fsdp=True))
     import lorafam as lf
 
     model = lf.tiny_llama(vocab_size=64, hidden=16, layers=1, heads=2, kv_heads=1, intermediate=32)

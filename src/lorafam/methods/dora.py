@@ -84,6 +84,8 @@ class DoraAdapter(LoraAdapter):
 
     # -- the norm ----------------------------------------------------------------------------------------------
     def _w0_row_sq(self, w0: Tensor, base: nn.Module) -> Tensor:
+        if torch.compiler.is_compiling():  # traced by dynamo: recomputed, as weight_norm's cache is skipped there
+            return (w0.float() ** 2).sum(dim=1)
         key = (id(base), getattr(w0, "_version", 0)) if not is_quantized(base) else (id(base), -1)
         if self._w0_sq is None or self._w0_key != key or self._w0_sq.device != w0.device:
             self._w0_sq = (w0.float() ** 2).sum(dim=1)
@@ -115,34 +117,30 @@ class DoraAdapter(LoraAdapter):
         optimizer step, a checkpointed layer's recomputation and decoding compute it once. The norm is a
         constant in backprop (paper §4.3), so a cached value is the same tensor the gradient would see.
         """
-        if torch.compiler.is_compiling():  # traced by dynamo (torch_compile): no cache, whose key reads version
-            return self._traced_weight_norm(base)  # counters, storage pointers and inference mode (graph breaks)
-        key = self._norm_key(base)
-        if self._norm_cache is not None and self._norm_cache_key == key and key[-1] != -1:
-            return self._norm_cache
+        # traced by dynamo (torch_compile): recomputed each forward, since the cache key reads version counters,
+        # storage pointers and inference mode, each a graph break
+        traced = torch.compiler.is_compiling()
+        if not traced:
+            key = self._norm_key(base)
+            if self._norm_cache is not None and self._norm_cache_key == key and key[-1] != -1:
+                return self._norm_cache
         w0 = base_weight(base)
         if torch.is_autocast_enabled(w0.device.type):
             with torch.autocast(w0.device.type, enabled=False):
                 norm = self._weight_norm(w0, base)
         else:
             norm = self._weight_norm(w0, base)
-        self._norm_cache, self._norm_cache_key = norm, key
+        if not traced:
+            self._norm_cache, self._norm_cache_key = norm, key
         return norm
 
-    def _weight_norm(self, w0: Tensor, base: nn.Module, w0_sq: Tensor | None = None) -> Tensor:
+    def _weight_norm(self, w0: Tensor, base: nn.Module) -> Tensor:
         a, b = self.lora_A.float(), self.lora_B.float()
         s = self.scaling
         # ‖W0 + sBA‖²_i = ‖W0‖²_i + Σ_k B_ik T_ik  with  T = 2s·W0Aᵀ + s²·B(AAᵀ)  (out, r): one addmm for T
         t = torch.addmm(b @ (a @ a.T), w0.float(), a.T, beta=s * s, alpha=2 * s)
-        sq = torch.linalg.vecdot(b, t).add_(self._w0_row_sq(w0, base) if w0_sq is None else w0_sq)
+        sq = torch.linalg.vecdot(b, t).add_(self._w0_row_sq(w0, base))
         return sq.clamp_min_(0).sqrt_()
-
-    def _traced_weight_norm(self, base: nn.Module) -> Tensor:
-        """:meth:`weight_norm` without its caches, for a graph dynamo traces: the same arithmetic, recomputed
-        each forward (‖W0‖² too), so the compiled graph needs no guard on version counters."""
-        w0 = base_weight(base)
-        with torch.no_grad(), torch.autocast(w0.device.type, enabled=False):
-            return self._weight_norm(w0, base, (w0.float() ** 2).sum(dim=1))
 
     def _scale(self, base: nn.Module) -> Tensor:
         """g = m / ‖W0 + s·BA‖_c (out,); g itself is cached too when no gradient is being recorded."""

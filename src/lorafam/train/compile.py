@@ -24,8 +24,6 @@ from typing import Any
 
 from torch import nn
 
-BACKENDS_HINT = "inductor (the default), aot_eager, eager"
-
 
 def compiled_part(model: nn.Module) -> nn.Module:
     """The module that ``torch_compile`` compiles: the body a causal-LM loss calls, else the model itself."""

@@ -221,6 +221,8 @@ class TrainConfig(BaseModel):
             )
         if self.warmup_steps and self.warmup_ratio:
             raise ValueError("'warmup_steps' and 'warmup_ratio' are both set; set only one of them")
+        if self.torch_compile and self.fsdp:
+            raise ValueError("'torch_compile' with 'fsdp' is not supported here (untested); set only one of them")
         member = MEMBERS.get(self.member)  # None: full fine-tuning
         variants = {m.dora_variant for m in MEMBERS.values() if m.dora_variant}
         if self.use_dora and (member is None or not (member.dora_variant or self.member in variants)):

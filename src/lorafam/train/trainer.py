@@ -182,8 +182,6 @@ def _setup(cfg: TrainConfig, info: distributed.DistInfo, extra_callbacks: list) 
     if cfg.torch_compile:  # in place, before DDP wraps the loss: names, state_dict and checkpoints stay eager's
         from lorafam.train.compile import compile_for_training
 
-        if cfg.fsdp:
-            raise TrainingError("torch_compile with fsdp is not supported here (untested); drop one of the two")
         try:
             part = compile_for_training(model, cfg.torch_compile_backend, cfg.torch_compile_mode)
         except ValueError as exc:

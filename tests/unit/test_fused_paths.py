@@ -153,8 +153,10 @@ def test_caches_built_in_inference_mode_do_not_leak_into_training(name):
     assert all(p.grad is not None for p in ad.parameters())
 
 
-def test_dora_norm_is_computed_once_per_weight_state_and_gradients_stay_the_same():
-    """Micro-batches of one step share the norm (it is a constant in backprop, DoRA §4.3); an update renews it."""
+def test_dora_norm_is_recomputed_in_training_and_cached_without_autograd():
+    """A forward that records autograd computes the norm afresh (same values, identical gradients), so an update
+    the version counters cannot see (through ``.data``, as some optimizers write) is never trained on stale;
+    forwards without autograd reuse it until an in-place update renews it."""
     layer, ad = _layer(CONFIGS["dora"]())
     x = torch.randn(2, 3, 24)
     calls = []
@@ -163,12 +165,16 @@ def test_dora_norm_is_computed_once_per_weight_state_and_gradients_stay_the_same
     layer(x).square().sum().backward()
     first = [p.grad.clone() for p in ad.parameters()]
     ad.zero_grad()
-    layer(x).square().sum().backward()  # second micro-batch: cached norm, identical gradients
-    assert len(calls) == 1
+    layer(x).square().sum().backward()  # second micro-batch: recomputed, identical gradients
+    assert len(calls) == 2
     for a, b in zip(first, [p.grad for p in ad.parameters()]):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
-    with torch.no_grad():
-        ad.lora_A.add_(0.05)  # what an optimizer step does
-    layer(x)
-    assert len(calls) == 2
+    ad.lora_B.data.add_(0.05)  # an update through .data: no version counter moves
     torch.testing.assert_close(layer(x), _general(layer, x), atol=1e-5, rtol=1e-5)
+    assert len(calls) == 4
+    with torch.no_grad():
+        layer(x), layer(x)
+        assert len(calls) == 5  # one computation for both forwards without autograd
+        ad.lora_A.add_(0.05)  # what an optimizer step does
+        torch.testing.assert_close(layer(x), _general(layer, x), atol=1e-5, rtol=1e-5)
+        assert len(calls) == 6

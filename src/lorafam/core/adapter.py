@@ -100,6 +100,12 @@ class Adapter(nn.Module):
         """
         return None
 
+    def clear_caches(self) -> None:
+        """Forget every value derived from the parameters (decode copies, norms, circuit results), so the next
+        forward computes them again. The caches follow in-place updates through version counters, but an edit
+        through ``.data`` (``p.data.mul_(0)``, some third-party optimizers) bypasses those counters; after such an
+        edit call :func:`lorafam.drop_caches`. Default: nothing is cached."""
+
     # --- merge (additive by default) ---------------------------------------------------------------------------
     def merge_into(self, base: nn.Module) -> None:
         add_to_base_weight(base, self.delta_weight(base))
@@ -275,6 +281,13 @@ class AdaptedLayer(nn.Module):
         state["_decode_call"] = state["_decode_miss"] = None  # closures: rebuilt on the next call
         state["_decode_owner"], state["_decode_active"], state["_decode_base"] = 0, [], None
         return state
+
+    def clear_caches(self) -> None:
+        """Drop the decode function and every adapter's cached values (see :meth:`Adapter.clear_caches`)."""
+        self._decode_call = self._decode_miss = None
+        self._decode_owner, self._decode_active, self._decode_base = 0, [], None
+        for adapter in self.adapters.values():
+            adapter.clear_caches()
 
     def add_adapter(self, name: str, adapter: Adapter) -> None:
         if name in self.adapters:

@@ -292,6 +292,19 @@ def detach(model: nn.Module, name: str) -> nn.Module:
     return model
 
 
+def drop_caches(model: nn.Module) -> nn.Module:
+    """Forget every value the adapters derived from their parameters, so the next forward recomputes them.
+
+    Forwards without autograd (evaluation, decoding) reuse such values (LoRA's and DoRA's decode copies, DoRA's
+    weight norm, Quantum-PEFT's circuits) until a parameter's version counter or storage changes, which every
+    ``torch.no_grad()`` in-place update, ``torch.optim`` step and ``load_state_dict`` does. An edit through
+    ``.data`` (``p.data.mul_(0)``, an optimizer that writes that way) moves neither: call this after one."""
+    for module in model.modules():
+        if isinstance(module, (AdaptedLayer, Adapter)):
+            module.clear_caches()
+    return model
+
+
 def unload(model: nn.Module) -> nn.Module:
     """Remove all adapters without merging; the base model comes back unchanged."""
     for name in reversed(list(configs(model))):

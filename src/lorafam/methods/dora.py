@@ -82,6 +82,11 @@ class DoraAdapter(LoraAdapter):
     def peft_state(self) -> dict[str, Tensor]:
         return {**super().peft_state(), "lora_magnitude_vector": self.lora_magnitude_vector}
 
+    def clear_caches(self) -> None:
+        super().clear_caches()
+        self._w0_sq = self._w0_key = self._norm_cache = self._norm_cache_key = self._g_cache = None
+        self._decode_cache = self._decode_key = self._decode_fast = None
+
     # -- the norm ----------------------------------------------------------------------------------------------
     def _w0_row_sq(self, w0: Tensor, base: nn.Module) -> Tensor:
         if torch.compiler.is_compiling():  # traced by dynamo: recomputed, as weight_norm's cache is skipped there
@@ -109,28 +114,31 @@ class DoraAdapter(LoraAdapter):
             torch.is_inference_mode_enabled(), -1 if w is None else w._version, -1 if w is None else w.data_ptr(),
         )  # fmt: skip
 
-    @torch.no_grad()
     def weight_norm(self, base: nn.Module) -> Tensor:
         """‖W0 + s·BA‖_c, shape (out,), detached, float32 (also under autocast: a norm is not a bf16 job).
 
-        Cached until A, B, the scale or the base weight change (float bases), so the micro-batches of one
-        optimizer step, a checkpointed layer's recomputation and decoding compute it once. The norm is a
-        constant in backprop (paper §4.3), so a cached value is the same tensor the gradient would see.
+        Without autograd (evaluation, decoding) it is cached until A, B, the scale or the base weight change
+        (float bases): version counters and storage pointers, which an edit through ``.data`` does not move
+        (:func:`lorafam.drop_caches`). A forward that records autograd (training) computes it afresh: A and B
+        change at every optimizer step anyway, and a stale norm there would train silently wrong after an
+        update the counters cannot see (an optimizer writing through ``.data``); the recomputation of a
+        checkpointed layer gives the same values. The norm is a constant in backprop (paper §4.3).
         """
         # traced by dynamo (torch_compile): recomputed each forward, since the cache key reads version counters,
         # storage pointers and inference mode, each a graph break
-        traced = torch.compiler.is_compiling()
-        if not traced:
+        fresh = torch.compiler.is_compiling() or torch.is_grad_enabled()
+        if not fresh:
             key = self._norm_key(base)
             if self._norm_cache is not None and self._norm_cache_key == key and key[-1] != -1:
                 return self._norm_cache
         w0 = base_weight(base)
-        if torch.is_autocast_enabled(w0.device.type):
-            with torch.autocast(w0.device.type, enabled=False):
+        with torch.no_grad():
+            if torch.is_autocast_enabled(w0.device.type):
+                with torch.autocast(w0.device.type, enabled=False):
+                    norm = self._weight_norm(w0, base)
+            else:
                 norm = self._weight_norm(w0, base)
-        else:
-            norm = self._weight_norm(w0, base)
-        if not traced:
+        if not fresh:
             self._norm_cache, self._norm_cache_key = norm, key
         return norm
 

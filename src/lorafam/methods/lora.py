@@ -237,6 +237,9 @@ class LoraAdapter(Adapter):
     def param_roles(self) -> dict[str, str]:
         return {"lora_A": "a", "lora_B": "b"}
 
+    def clear_caches(self) -> None:
+        self._decode_factors = None
+
     def delta_weight(self, base: nn.Module) -> Tensor:
         return (self.lora_B.float() @ self.lora_A.float()) * self.scaling  # (out, in)
 

@@ -142,6 +142,11 @@ class QuantumAdapter(Adapter):
         for ad in mine:
             ad._bank = bank
 
+    def clear_caches(self) -> None:
+        self._cache = None
+        if self._bank is not None:
+            self._bank.clear()
+
     def factors(self) -> tuple[Tensor, Tensor]:
         """(U (out, K), V (in, K)), float32. Cached while the angles, the grad mode and the autograd graph last."""
         if self._bank is not None:

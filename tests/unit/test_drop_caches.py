@@ -39,7 +39,7 @@ def test_drop_caches_after_a_data_edit_gives_a_fresh_copys_outputs(name):
     ids = torch.randint(3, 200, (1, 1))  # one token, batch 1: the decoding path
     with torch.no_grad():
         before = model(input_ids=ids).logits
-        for _, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.data.mul_(0.5)  # through .data: no version counter moves
         fresh = copy.deepcopy(model)

@@ -283,11 +283,9 @@ class AdaptedLayer(nn.Module):
         return state
 
     def clear_caches(self) -> None:
-        """Drop the decode function and every adapter's cached values (see :meth:`Adapter.clear_caches`)."""
+        """Drop the decode function (its closure holds the adapter's cached copies); the next eligible forward
+        builds a new one. The adapters' own caches: :meth:`Adapter.clear_caches` (``drop_caches`` calls both)."""
         self._decode_call = self._decode_miss = None
-        self._decode_owner, self._decode_active, self._decode_base = 0, [], None
-        for adapter in self.adapters.values():
-            adapter.clear_caches()
 
     def add_adapter(self, name: str, adapter: Adapter) -> None:
         if name in self.adapters:

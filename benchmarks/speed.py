@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child-rss", choices=("lora", "dora", "qlora", "peft-lora"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from lorafam.core.allocator import tune_allocator
+
+    allocator = tune_allocator()  # as the CLI does for `lorafam train` (every arm and RSS child alike)
     if args.child_rss:
         child_rss(args)
         return 0
@@ -119,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": "tiny_llama" if args.tiny else "SmolLM2-135M-Instruct",
         "machine": machine_info(),
         "load_average_start": load_average(),
+        "allocator": {"applied": allocator.applied, "reason": allocator.reason, "settings": allocator.settings},
     }
     data["started_utc"] = data["machine"]["time_utc"]  # kept when a partial run carries an older machine part
     runners = {

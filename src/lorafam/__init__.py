@@ -20,6 +20,7 @@ _logging.getLogger("torch.utils._pytree").setLevel(_logging.ERROR)
 
 from lorafam._version import __version__ as __version__  # noqa: E402
 from lorafam.core.adapter import AdaptedLayer, Adapter  # noqa: E402
+from lorafam.core.allocator import AllocatorTuning, tune_allocator  # noqa: E402
 from lorafam.core.checkpoint import load_adapter, save_adapter  # noqa: E402
 from lorafam.core.config import AdapterConfig  # noqa: E402
 from lorafam.core.inject import (  # noqa: E402
@@ -53,6 +54,7 @@ __all__ = [
     "MEMBERS",
     "METHODS",
     "Adapter",
+    "AllocatorTuning",
     "AdaLoraConfig",
     "ALoraConfig",
     "AdaptedLayer",
@@ -87,6 +89,7 @@ __all__ = [
     "tiny_gpt2",
     "tiny_llama",
     "trainable_summary",
+    "tune_allocator",
     "unload",
     "unmerge",
 ]

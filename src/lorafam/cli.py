@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from lorafam.core.allocator import tune_allocator
+
+    tune_allocator()  # before any model is built: steps reuse their freed activations (docs/performance.md)
     return int(importlib.import_module(args._module).run(args) or 0)
 
 

@@ -359,6 +359,9 @@ def serve_jobs(stdin: Any = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lorafam.core.allocator import tune_allocator
+
+    tune_allocator()  # each member trains in this process: as `lorafam train` does (docs/performance.md)
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--serve"]:
         return serve_jobs()

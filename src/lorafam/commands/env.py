@@ -51,6 +51,11 @@ def collect() -> dict[str, object]:
         info["cuda_device"] = torch.cuda.get_device_name(0)
         info["cuda_version"] = torch.version.cuda
         info["bf16_fast_on_cuda"] = native_bf16("cuda")
+    from lorafam.core.allocator import tune_allocator
+
+    tuning = tune_allocator()  # the CLI has made this call already; here its record is read
+    info["malloc_tuned"] = tuning.applied
+    info["malloc_tuning"] = tuning.reason
     info["distributed_gloo"] = torch.distributed.is_available() and torch.distributed.is_gloo_available()
     for name in _PACKAGES:
         info[name] = version(name)

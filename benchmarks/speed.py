@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--arena-batch", type=int, default=4, help="the arena quick budget's batch size")
     ap.add_argument("--arena-seq", type=int, default=64, help="about the arena tasks' padded length")
+    ap.add_argument("--issue-batch", type=int, default=4, help="the batch of issue 16's own DoRA measurement")
+    ap.add_argument("--issue-seq", type=int, default=256, help="the sequence length of issue 16's measurement")
     ap.add_argument("--rss-steps", type=int, default=2)
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 arms even where bf16 is native")
     ap.add_argument("--bf16-loss-steps", type=int, default=20, help="steps of the fp32-vs-bf16 loss comparison")

@@ -144,12 +144,16 @@ def part_train(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
     vocab = 256 if args.tiny else 49152
     main = tokens(vocab, args.batch, args.seq)
     arena = tokens(vocab, args.arena_batch, args.arena_seq, seed=1)
+    issue = tokens(vocab, args.issue_batch, args.issue_seq, seed=2)
     steppers = {arm: Stepper(build(arm, args.tiny), main) for arm in ARMS}
     contenders: dict[str, Callable[[], None]] = {arm: s.step for arm, s in steppers.items()}
-    for arm in ("lora", "qlora"):  # the same models on the arena's batch shape (same weights, own input)
+    # the same models on other batch shapes (same weights, own input): the arena's (QLoRA's target holds "in the
+    # arena and in the benchmark alike") and the issue's own DoRA measurement (4 x 256)
+    for arm, shape, batch in (("lora", "arena", arena), ("qlora", "arena", arena),
+                              ("lora", "issue", issue), ("dora", "issue", issue)):  # fmt: skip
         s = steppers[arm]
-        contenders[f"{arm} arena-shape"] = lambda s=s: (
-            setattr(s, "batch", arena),
+        contenders[f"{arm} {shape}-shape"] = lambda s=s, b=batch: (
+            setattr(s, "batch", b),
             s.step(),
             setattr(s, "batch", main),
         )
@@ -190,12 +194,15 @@ def part_train(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
             "seq": args.seq,
             "arena_batch": args.arena_batch,
             "arena_seq": args.arena_seq,
+            "issue_batch": args.issue_batch,
+            "issue_seq": args.issue_seq,
         },
         "timing": timing,
         "flops_per_step": flops,
         "achieved_gflops": {arm: flops[arm] / med[arm] / 1e9 for arm in arms},
         "ratios": {
             "dora / lora": paired(raw["dora"], raw["lora"]),
+            "dora / lora, issue shape": paired(raw["dora issue-shape"], raw["lora issue-shape"]),
             "lora / peft-lora": paired(raw["lora"], raw["peft-lora"]),
             "qlora / lora": paired(raw["qlora"], raw["lora"]),
             "qlora / lora, arena shape": paired(raw["qlora arena-shape"], raw["lora arena-shape"]),

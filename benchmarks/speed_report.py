@@ -49,6 +49,16 @@ def summary(d: dict[str, Any]) -> list[dict[str, Any]]:
     rows = [
         _row("DoRA train step / LoRA's", tr.get("dora / lora"), 1.10, note=at),
         _row(
+            "DoRA train step / LoRA's, issue shape",
+            tr.get("dora / lora, issue shape"),
+            1.10,
+            note=(
+                f"batch {shape['issue_batch']}×{shape['issue_seq']}, the shape the issue measured"
+                if "issue_batch" in shape
+                else "not in this run"
+            ),
+        ),  # fmt: skip
+        _row(
             "LoRA train step / PEFT LoRA's", tr.get("lora / peft-lora"), 1.0, note=f"{at} (issue: 0.96, keep it)"
         ),
         _row("QLoRA train step / fp32 LoRA's", tr.get("qlora / lora"), 1.2, note=at),

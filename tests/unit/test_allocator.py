@@ -43,16 +43,20 @@ _FAULTS = textwrap.dedent(
     def step():  # what a training step does to its activations: fresh buffers, written, freed
         xs = [torch.empty(8 << 20).fill_(1.0) for _ in range(4)]  # 4 x 32 MiB
         del xs
-    step(); step()
-    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
+    for _ in range(3):  # warm-up: the heap grows to the steps' size (its layout can settle for a step or two)
         step()
-    print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 5))
+    faults = []
+    for _ in range(7):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        step()
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    print(json.dumps(sorted(faults)[3]))  # the median step
     """
 )
 
 
 def _faults_per_step(mode: str) -> float:
+    """Minor page faults of the median step, in a fresh interpreter."""
     done = subprocess.run(
         [sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True, timeout=120,
         env={"PATH": "/usr/bin:/bin", "LORAFAM_TUNE_MALLOC": "1"},

@@ -134,7 +134,7 @@ def _machine_line(d: dict[str, Any]) -> str:
     return (
         f"Machine: **{m['cpu']}**, AMX: **{'yes' if amx else 'no'}** (flags: {', '.join(m['cpu_flags']) or 'none'}; "
         f"torch capability {m['torch_cpu_capability']}, oneDNN bf16 {m['onednn_bf16_supported']}), "
-        f"{m['logical_cpus']} logical CPUs shared with other jobs, {m['torch_threads']} torch thread(s); load average "
+        f"{m['logical_cpus']} logical CPUs, {m['torch_threads']} torch thread(s); load average "
         f"{d.get('load_average_start')} at the start and {d.get('load_average_end')} at the end"
         + (
             ": the machine was loaded, so absolute times are inflated and only the paired ratios are meant to be read"

@@ -57,7 +57,7 @@ def summary(d: dict[str, Any]) -> list[dict[str, Any]]:
                 if "issue_batch" in shape
                 else "not in this run"
             ),
-        ),  # fmt: skip
+        ),
         _row(
             "LoRA train step / PEFT LoRA's", tr.get("lora / peft-lora"), 1.0, note=f"{at} (issue: 0.96, keep it)"
         ),

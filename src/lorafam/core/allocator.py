@@ -31,6 +31,10 @@ M_MMAP_THRESHOLD = -3
 
 MMAP_THRESHOLD = 1 << 30  # bytes: allocations below this come from the heap (reused, not unmapped on free)
 TRIM_THRESHOLD = (1 << 31) - 1  # bytes of free heap top kept before trimming (mallopt takes a C int)
+_SETTINGS = (
+    ("M_MMAP_THRESHOLD", M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+    ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+)
 OPT_OUT = "LORAFAM_TUNE_MALLOC"
 _USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
 _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
@@ -91,12 +95,8 @@ def _decide(env: os._Environ[str] | dict[str, str]) -> AllocatorTuning:
         return AllocatorTuning(False, f"not glibc ({sys.platform}): nothing to tune")
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.mallopt.restype = ctypes.c_int
-    settings = {"M_MMAP_THRESHOLD": MMAP_THRESHOLD, "M_TRIM_THRESHOLD": TRIM_THRESHOLD}
-    refused = [
-        name
-        for name, number in (("M_MMAP_THRESHOLD", M_MMAP_THRESHOLD), ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD))
-        if libc.mallopt(number, settings[name]) != 1
-    ]
+    refused = [name for name, number, value in _SETTINGS if libc.mallopt(number, value) != 1]
     if refused:
         return AllocatorTuning(False, f"glibc refused mallopt({', '.join(refused)})")
+    settings = {name: value for name, _, value in _SETTINGS}
     return AllocatorTuning(True, "glibc: freed activations stay in the heap", settings)

@@ -6,8 +6,9 @@ which follows the mmap threshold upwards) is handed back to the kernel, and a bl
 its own mapping that ``free`` unmaps. The next step asks for the same memory again and touches it through
 minor page faults: on SmolLM2-135M, LoRA r=16, 37,000-49,000 faults per step at 1 x 256 tokens (1 thread) and
 196,600 (770 MB) at 4 x 256 (2 threads). :func:`tune_allocator` keeps that memory in the process instead
-(``mallopt``: allocations up to 1 GiB come from the heap, up to 2 GiB of free heap top is kept): faults per step
-0-10, steps 2-5 % faster at 1 x 256 and 8-27 % at 4 x 256 on an Intel Xeon with AMX, for 2-5 % more peak RSS.
+(``mallopt``: allocations up to 1 GiB come from the heap, up to 2 GiB of free heap top is kept): 0-1 faults per
+step, and in ``python -m benchmarks.allocator`` on an Intel Xeon with AMX LoRA and DoRA steps 2.5-4 % faster for
+5-11 % more peak RSS (``benchmarks/results/allocator.json``).
 
 This is what jemalloc or tcmalloc under ``LD_PRELOAD`` also buy (PyTorch's CPU tuning guide suggests them);
 ``mallopt`` needs no extra library. Only glibc has it: elsewhere (macOS, musl, Windows) this is a no-op, and so

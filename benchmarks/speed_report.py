@@ -265,7 +265,75 @@ def markdown(d: dict[str, Any]) -> str:
         ),
         md_table(["target", "limit", "measured", "status", "conditions / why"], rows),
     ]
-    return "\n".join(out + _detail_tables(d) + [""] + [d.get("notes", "")])
+    hosts = by_host()
+    return "\n".join(out + ([hosts, ""] if hosts else []) + _detail_tables(d) + [""] + [d.get("notes", "")])
+
+
+def _host(d: dict[str, Any]) -> str:
+    m = d["machine"]
+    flags = m["cpu_flags"]
+    bf16 = (
+        "AMX"
+        if "amx_bf16" in flags
+        else "AVX512-BF16, no AMX"
+        if "avx512_bf16" in flags
+        else "no bf16 instructions"
+    )
+    return f"{m['cpu']} ({bf16})"
+
+
+def by_host(results: Any = RESULTS) -> str:
+    """A table of every target on each kind of host: for each (CPU model, AMX) the archived whole runs
+    (``speed_session<N>_run<K>.json``, all parts measured in that run) of the latest session on it, each run's
+    median ratio and how many of them met the limit. Rows are the current summary's targets."""
+    import re
+
+    runs: dict[str, dict[int, list[tuple[str, dict[str, Any]]]]] = {}
+    for path in sorted(results.glob("speed_session*_run*.json")):
+        hit = re.fullmatch(r"speed_session(\d+)_run(\d+)\.json", path.name)
+        d = json.loads(path.read_text())
+        if not hit or d.get("parts_from_earlier_runs") or d.get("model") != "SmolLM2-135M-Instruct":
+            continue
+        runs.setdefault(_host(d), {}).setdefault(int(hit[1]), []).append((path.name, d))
+    if not runs:
+        return ""
+    hosts = sorted(runs)
+    latest = {h: runs[h][max(runs[h])] for h in hosts}
+    targets: list[tuple[str, str]] = []
+    for h in hosts:
+        for _, d in latest[h]:
+            for r in summary(d):
+                if (r["target"], r["limit"]) not in targets:
+                    targets.append((r["target"], r["limit"]))
+    rows = []
+    for target, limit in targets:
+        cells = []
+        for h in hosts:
+            found = [r for _, d in latest[h] for r in summary(d) if r["target"] == target and r["limit"] == limit]
+            vals = [r for r in found if "value" in r]
+            if not vals:
+                seen = sorted(
+                    {
+                        r["measured"] if r["measured"] == r["status"] else f"{r['measured']} ({r['status']})"
+                        for r in found
+                    }
+                )
+                cells.append(", ".join(seen) if seen else "not in these runs")
+                continue
+            met = sum(r["status"] == "met" for r in vals)
+            shown = ", ".join(f"{r['value']:.3f}" for r in vals)
+            verdict = "diagnostic" if vals[0]["status"] == "diagnostic" else f"met {met}/{len(vals)}"
+            cells.append(f"{shown} ({verdict})")
+        rows.append((target, limit, *cells))
+    head = [
+        "### The targets on each host",
+        "",
+        "Every archived whole run of the latest session on each kind of host (files named in the column), "
+        "recomputed from its JSON with this summary's rules; a cell lists each run's median paired ratio.",
+        "",
+    ]
+    cols = [f"{h}: session {max(runs[h])}, " + ", ".join(f"`{n}`" for n, _ in latest[h]) for h in hosts]
+    return "\n".join(head + [md_table(["target", "limit", *cols], rows)])
 
 
 def _earlier(part: str, v: Any) -> str:

@@ -6,7 +6,7 @@ which follows the mmap threshold upwards) is handed back to the kernel, and a bl
 its own mapping that ``free`` unmaps. The next step asks for the same memory again and touches it through
 minor page faults: on SmolLM2-135M, LoRA r=16, 37,000-49,000 faults per step at 1 x 256 tokens (1 thread) and
 196,600 (770 MB) at 4 x 256 (2 threads). :func:`tune_allocator` keeps that memory in the process instead
-(``mallopt``: allocations up to 1 GiB come from the heap, up to 2 GiB of free heap top is kept): 0-1 faults per
+(``mallopt``: allocations up to 1 GiB come from the heap, and the heap is never trimmed): 0-1 faults per
 step, and in ``python -m benchmarks.allocator`` on an Intel Xeon with AMX LoRA and DoRA steps 2.5-4 % faster for
 5-11 % more peak RSS (``benchmarks/results/allocator.json``).
 
@@ -31,7 +31,10 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
 MMAP_THRESHOLD = 1 << 30  # bytes: allocations below this come from the heap (reused, not unmapped on free)
-TRIM_THRESHOLD = (1 << 31) - 1  # bytes of free heap top kept before trimming (mallopt takes a C int)
+# bytes of free heap top kept before trimming; -1 is glibc's "never trim" (mallopt(3)). A cap of 2 GiB - 1 (the
+# largest C int) was not enough: a LongLoRA step at 4096 tokens frees several 805 MB logits-sized buffers at
+# once, the heap top was trimmed, and every step faulted 380,000-800,000 pages (1.5-3 GB) back in
+TRIM_THRESHOLD = -1
 _SETTINGS = (
     ("M_MMAP_THRESHOLD", M_MMAP_THRESHOLD, MMAP_THRESHOLD),
     ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, TRIM_THRESHOLD),

@@ -6,6 +6,8 @@ python -m benchmarks.speed_report     # rewrite the section (and the summary) fr
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS, md_table, update_markdown_section, write_json
@@ -282,34 +284,27 @@ def _host(d: dict[str, Any]) -> str:
     return f"{m['cpu']} ({bf16})"
 
 
-def by_host(results: Any = RESULTS) -> str:
-    """A table of every target on each kind of host: for each (CPU model, AMX) the archived whole runs
-    (``speed_session<N>_run<K>.json``, all parts measured in that run) of the latest session on it, each run's
-    median ratio and how many of them met the limit. Rows are the current summary's targets."""
-    import re
-
-    runs: dict[str, dict[int, list[tuple[str, dict[str, Any]]]]] = {}
+def by_host(results: Path = RESULTS) -> str:
+    """A table of every target on each kind of host: for each (CPU model, bf16 instruction set) the archived whole
+    runs (``speed_session<N>_run<K>.json``, all parts measured in that run) of the latest session on it, each
+    run's median ratio and how many of them met the limit. Rows are the targets of those runs' summaries."""
+    runs: dict[str, dict[int, list[tuple[str, list[dict[str, Any]]]]]] = {}
     for path in sorted(results.glob("speed_session*_run*.json")):
         hit = re.fullmatch(r"speed_session(\d+)_run(\d+)\.json", path.name)
         d = json.loads(path.read_text())
         if not hit or d.get("parts_from_earlier_runs") or d.get("model") != "SmolLM2-135M-Instruct":
             continue
-        runs.setdefault(_host(d), {}).setdefault(int(hit[1]), []).append((path.name, d))
+        runs.setdefault(_host(d), {}).setdefault(int(hit[1]), []).append((path.name, summary(d)))
     if not runs:
         return ""
     hosts = sorted(runs)
     latest = {h: runs[h][max(runs[h])] for h in hosts}
-    targets: list[tuple[str, str]] = []
-    for h in hosts:
-        for _, d in latest[h]:
-            for r in summary(d):
-                if (r["target"], r["limit"]) not in targets:
-                    targets.append((r["target"], r["limit"]))
+    targets = list(dict.fromkeys((r["target"], r["limit"]) for h in hosts for _, rs in latest[h] for r in rs))
     rows = []
     for target, limit in targets:
         cells = []
         for h in hosts:
-            found = [r for _, d in latest[h] for r in summary(d) if r["target"] == target and r["limit"] == limit]
+            found = [r for _, rs in latest[h] for r in rs if (r["target"], r["limit"]) == (target, limit)]
             vals = [r for r in found if "value" in r]
             if not vals:
                 seen = sorted(

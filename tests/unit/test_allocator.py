@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ from lorafam.core import allocator
 from lorafam.core.allocator import AllocatorTuning
 
 GLIBC = allocator._libc() is not None
+_PYTHONPATH = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}  # a checkout run without installing
 
 
 @pytest.mark.parametrize(
@@ -88,3 +90,50 @@ def test_the_heap_top_is_kept_however_much_is_freed_at_once() -> None:
 def test_elsewhere_it_is_a_no_op() -> None:
     got = allocator._decide({})
     assert got == AllocatorTuning(False, got.reason) and "not glibc" in got.reason
+
+
+_HOLES = textwrap.dedent(
+    """
+    import sys
+    from lorafam.core.allocator import tune_allocator, trim_heap
+
+    def anon_mib():
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon"):
+                return int(line.split()[1]) // 1024
+
+    assert tune_allocator().applied
+    temps, keep = [], []
+    for _ in range(10):  # a quantiser's pattern: a large temporary, then a small tensor that stays
+        temps.append(bytearray(32 << 20))  # zero-filled: every page is touched
+        keep.append(bytearray(1 << 20))
+    del temps  # ten 32 MiB holes between the keepers: never trimmed, and resident
+    before = anon_mib()
+    released = trim_heap()
+    print(released, before, anon_mib())
+    """
+)
+
+
+@pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's")
+def test_trim_heap_releases_the_holes_between_live_blocks() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _HOLES], capture_output=True, text=True, check=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "LORAFAM_TUNE_MALLOC": "1", **_PYTHONPATH},
+    )  # fmt: skip
+    released, before, after = done.stdout.split()
+    assert released == "True"
+    assert int(before) - int(after) > 0.9 * 10 * 32  # the holes' pages left the resident set
+
+
+def test_quantising_a_layer_trims_the_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from torch import nn
+
+    from lorafam.quant import nf4
+
+    calls: list[int] = []
+    monkeypatch.setattr(nf4, "trim_heap", lambda: calls.append(1) or True)
+    nf4.quantize_base(nn.Linear(64, 128, bias=False).requires_grad_(False))
+    nf4.quantize_base(nn.Linear(128, 64).to(torch.float32).requires_grad_(False))
+    assert len(calls) == 2

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class AllocatorTuning:
 _DONE: AllocatorTuning | None = None
 
 
+@functools.cache  # find_library runs ldconfig: once per process
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -106,3 +108,20 @@ def _decide(env: os._Environ[str] | dict[str, str]) -> AllocatorTuning:
         return AllocatorTuning(False, f"glibc refused mallopt({', '.join(refused)})")
     settings = {name: value for name, _, value in _SETTINGS}
     return AllocatorTuning(True, "glibc: freed activations stay in the heap", settings)
+
+
+def trim_heap() -> bool:
+    """Hand the heap's free pages back to the kernel now (glibc ``malloc_trim(0)``, which also releases free
+    pages inside the heap, not only at its top). True where it released something; False elsewhere.
+
+    Quantising a base layer by layer frees tens of MB of temporaries per layer between long-lived packed
+    tensors. With :func:`tune_allocator`'s settings those temporaries come from the heap, and in some runs the
+    freed holes were not reused: the heap grew, and QLoRA's peak RSS while attaching went from 1.1 GB to
+    1.8-2.7 GB on SmolLM2-135M (session 10, same command, three runs in eight). Trimming after each layer keeps
+    the holes out of the resident set (:func:`lorafam.quant.nf4.quantize_base`)."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim.restype = ctypes.c_int
+    return bool(libc.malloc_trim(0))

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lorafam.core.allocator import trim_heap
+
 BLOCK_SIZE = 64
 SCALER_BLOCK_SIZE = 256
 
@@ -244,8 +246,6 @@ def release_float_weights(model: nn.Module) -> None:
     So the remaining float parameters and buffers are copied into their own memory (tied weights stay tied: the
     Parameter objects are kept), and the heap is trimmed.
     """
-    import contextlib
-    import ctypes
     import gc
 
     with torch.no_grad():
@@ -259,8 +259,7 @@ def release_float_weights(model: nn.Module) -> None:
                 if b is not None and not b.is_meta:
                     module._buffers[key] = b.clone()
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim_heap()
 
 
 def quantize_base(layer: nn.Module, compute_dtype: str | torch.dtype = "float32") -> NF4Linear:
@@ -284,4 +283,6 @@ def quantize_base(layer: nn.Module, compute_dtype: str | torch.dtype = "float32"
             f"quantize='nf4' supports nn.Linear and GPT-2 Conv1D base layers, not {type(layer).__name__}"
         )
     bias = getattr(layer, "bias", None)
-    return NF4Linear(weight, bias, compute_dtype=compute_dtype, source=source).to(weight.device)
+    quantized = NF4Linear(weight, bias, compute_dtype=compute_dtype, source=source).to(weight.device)
+    trim_heap()  # the quantiser's freed temporaries: out of the resident set before the next layer's
+    return quantized

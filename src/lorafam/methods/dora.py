@@ -259,6 +259,7 @@ class DoraAdapter(LoraAdapter):
         dtype, no_dropout = at.dtype, self._no_dropout
         if w.dtype is not dtype:
             return None
+        wt = w.detach().t().unsqueeze(0)  # W0ᵀ as a (1, in, out) view (LoraAdapter.decode_call)
 
         def call(owner: AdaptedLayer, x: Tensor) -> Tensor | None:
             if (
@@ -286,7 +287,7 @@ class DoraAdapter(LoraAdapter):
             if len(shape) != 3 or shape[0] != 1 or x.dtype is not dtype:
                 return None
             h = torch.bmm(x, at)
-            out = F.linear(x, w, bias).mul_(g)
+            out = (torch.bmm(x, wt) if bias is None else F.linear(x, w, bias)).mul_(g)
             if c is not None:
                 out.add_(c)
             return out.baddbmm_(h, gsbt)

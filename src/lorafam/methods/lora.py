@@ -328,19 +328,23 @@ class LoraAdapter(Adapter):
         return cached[1], cached[2]
 
     def decode_call(self, layer: AdaptedLayer, base: nn.Module) -> DecodeCall | None:
-        """``base(x) + (x Aᵀ)(s·Bᵀ)`` for a (1, T, in) input without autograd: ``F.linear`` then ``baddbmm_``
-        on :meth:`decode_factors`' copies, with every check of :meth:`add_output_` (and those of the layer's
-        forward) done here in one frame; see :meth:`Adapter.decode_call`."""
+        """``base(x) + (x Aᵀ)(s·Bᵀ)`` for a (1, T, in) input without autograd: ``x·W0ᵀ`` (one ``bmm`` on a view
+        of W0, or ``F.linear`` with a bias), then ``baddbmm_`` on :meth:`decode_factors`' copies, with every check
+        of :meth:`add_output_` (and those of the layer's forward) done here in one frame; see
+        :meth:`Adapter.decode_call`."""
         if type(base) is not nn.Linear or not same_output_rule(self, LoraAdapter):
             return None
         at, sbt = self.decode_factors()
         p, bp = self._parameters, base._parameters
         a, b, w, bias = p["lora_A"], p["lora_B"], bp["weight"], bp["bias"]
-        va, vb, pa, pb = a._version, b._version, a.data_ptr(), b.data_ptr()
+        va, vb, pa, pb, pw = a._version, b._version, a.data_ptr(), b.data_ptr(), w.data_ptr()
         scale, inference = self.scaling, torch.is_inference_mode_enabled()
         dtype, no_dropout = at.dtype, self._no_dropout
         if w.dtype is not dtype:
             return None
+        # W0ᵀ as a (1, in, out) view: x·W0ᵀ as one bmm, which skips F.linear's 3-D folding (same kernel, same
+        # bits, 1-3 µs less per call). The view sees in-place edits of W0; a new storage fails a check below.
+        wt = w.detach().t().unsqueeze(0)
 
         def call(owner: AdaptedLayer, x: Tensor) -> Tensor | None:
             if (
@@ -353,6 +357,7 @@ class LoraAdapter(Adapter):
                 or b._version != vb
                 or a.data_ptr() != pa
                 or b.data_ptr() != pb
+                or w.data_ptr() != pw  # the view below holds W0's storage: a new one (``w.data = …``) is stale
                 or self.scaling != scale
                 or _inference_mode() is not inference
                 or w.dtype is not dtype
@@ -362,7 +367,8 @@ class LoraAdapter(Adapter):
             shape = x.shape
             if len(shape) != 3 or shape[0] != 1 or x.dtype is not dtype:
                 return None
-            return F.linear(x, w, bias).baddbmm_(torch.bmm(x, at), sbt)
+            out = torch.bmm(x, wt) if bias is None else F.linear(x, w, bias)
+            return out.baddbmm_(torch.bmm(x, at), sbt)
 
         return call
 

@@ -8,8 +8,9 @@ minor page faults: on SmolLM2-135M, LoRA r=16, 37,000-49,000 faults per step at 
 196,600 (770 MB) at 4 x 256 (2 threads). :func:`tune_allocator` keeps that memory in the process instead
 (``mallopt``: allocations up to 1 GiB come from the heap, and the heap is never trimmed): 0-1 faults per
 step. In ``python -m benchmarks.allocator``: on an Intel Xeon with AMX, LoRA and DoRA steps 2.5-4 % faster for
-5-11 % more peak RSS (``allocator_session8.json``); on an AMD EPYC Zen 4, no gain at 1 x 256 and 4-15 % at 4 x 256
-for 4-6 % more (``allocator_session9.json``, both in ``benchmarks/results/``). At 4096 tokens (LongLoRA) it is
+5-11 % more peak RSS with a 2 GiB trim cap (``allocator_session8.json``) and 5-7 % at 1 x 256, 16-22 % at 4 x 256
+for 7-8 % more with never-trim (``allocator_session10.json``); on an AMD EPYC Zen 4, no gain at 1 x 256 and 4-15 %
+at 4 x 256 for 4-6 % more (``allocator_session9.json``, all in ``benchmarks/results/``). At 4096 tokens (LongLoRA) it is
 what keeps the logits-sized buffers from being faulted in again at every step.
 
 This is what jemalloc or tcmalloc under ``LD_PRELOAD`` also buy (PyTorch's CPU tuning guide suggests them);

@@ -62,7 +62,7 @@ def _faults_per_step(mode: str, mib: int = 32, count: int = 4) -> float:
     """Minor page faults of the median step (``count`` blocks of ``mib`` MiB), in a fresh interpreter."""
     done = subprocess.run(
         [sys.executable, "-c", _FAULTS, mode, str(mib), str(count)], capture_output=True, text=True, check=True, timeout=120,
-        env={"PATH": "/usr/bin:/bin", "LORAFAM_TUNE_MALLOC": "1"},
+        env={"PATH": "/usr/bin:/bin", "LORAFAM_TUNE_MALLOC": "1", **_PYTHONPATH},
     )  # fmt: skip
     return float(done.stdout.strip().splitlines()[-1])
 
@@ -94,7 +94,6 @@ def test_elsewhere_it_is_a_no_op() -> None:
 
 _HOLES = textwrap.dedent(
     """
-    import sys
     from lorafam.core.allocator import tune_allocator, trim_heap
 
     def anon_mib():
@@ -127,7 +126,6 @@ def test_trim_heap_releases_the_holes_between_live_blocks() -> None:
 
 
 def test_quantising_a_layer_trims_the_heap(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
     from torch import nn
 
     from lorafam.quant import nf4
@@ -135,5 +133,5 @@ def test_quantising_a_layer_trims_the_heap(monkeypatch: pytest.MonkeyPatch) -> N
     calls: list[int] = []
     monkeypatch.setattr(nf4, "trim_heap", lambda: calls.append(1) or True)
     nf4.quantize_base(nn.Linear(64, 128, bias=False).requires_grad_(False))
-    nf4.quantize_base(nn.Linear(128, 64).to(torch.float32).requires_grad_(False))
+    nf4.quantize_base(nn.Linear(128, 64).requires_grad_(False))
     assert len(calls) == 2
